@@ -1,0 +1,143 @@
+"""Presets: the original ``scripts/*.sh`` hyper-parameters (SPEC §6) and a small demo.
+
+``load(name, **overrides)`` returns a :class:`~hypertransformer.config.Config`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypertransformer.config import Config
+
+# Flags shared by every original script (SPEC §6, "Common").
+_COMMON: dict[str, Any] = dict(
+    embedding_dim=32,
+    cnn_model_name="maxpool-4-layer",
+    stride=1,
+    lw_weight_allocation="output",
+    layerwise_generator="joint",
+    use_decoder=False,
+    lw_generate_bias=False,
+    lw_generate_bn=False,
+    lw_use_nonlinear_feature=False,
+    add_trainable_weights=False,
+    balanced_batches=True,
+    shared_feature_extractor_padding="same",
+    learning_rate_decay_steps=100000.0,
+    learning_rate_decay_rate=0.95,
+    train_steps=4_000_000,
+    steps_between_saves=50000,
+    num_layers=3,
+    num_task_evals=1024,
+    num_eval_batches=16,
+    eval_batch_size=100,
+)
+
+# Omniglot: per-label rot90, every other augmentation off (train and test).
+_OMNIGLOT: dict[str, Any] = dict(
+    _COMMON,
+    image_size=28,
+    image_channels=1,
+    default_num_channels=8,
+    num_layerwise_features=8,
+    heads=2,
+    lw_key_query_dim=1.0,
+    lw_value_dim=1.0,
+    lw_inner_dim=1.0,
+    shared_feature_extractor="4-layer",
+    shared_features_dim=32,
+    transformer_nonlinearity="relu",
+    cnn_activation="relu",
+    learning_rate=0.02,
+    per_label_augmentation=True,
+    random_rotate_by_90=True,
+    rotation_probability=0.0,
+    boundary_probability=0.0,
+    smooth_probability=0.0,
+    contrast_probability=0.0,
+    resize_probability=0.0,
+    negate_probability=0.0,
+    roll_probability=0.0,
+    angle_range=30.0,
+    test_rotation_probability=0.0,
+    test_smooth_probability=0.0,
+    test_contrast_probability=0.0,
+    test_resize_probability=0.0,
+    test_negate_probability=0.0,
+    test_roll_probability=0.0,
+    test_angle_range=-1.0,
+    train_dataset="omniglot:0-1149",
+    test_dataset="omniglot:1200-1622",
+    eval_datasets="omniglot",
+    shuffle_labels_seed=2022,
+)
+
+# Natural images: image augmentations, lrelu, 8 heads, half-width transformer.
+_IMAGENET: dict[str, Any] = dict(
+    _COMMON,
+    image_size=84,
+    image_channels=3,
+    heads=8,
+    lw_key_query_dim=0.5,
+    lw_value_dim=0.5,
+    lw_inner_dim=0.5,
+    shared_feature_extractor="4-layer",
+    shared_features_dim=16,
+    transformer_nonlinearity="lrelu",
+    cnn_activation="lrelu",
+    learning_rate=0.01,
+    apply_image_augmentations=True,
+    smooth_probability=0.0,
+    contrast_probability=0.0,
+    shuffle_labels_seed=0,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "omniglot_1shot": dict(_OMNIGLOT, num_labels=20, samples_transformer=20, samples_cnn=60),
+    "omniglot_5shot": dict(_OMNIGLOT, num_labels=20, samples_transformer=100, samples_cnn=100),
+    "miniimagenet_1shot": dict(
+        _IMAGENET, num_labels=5, samples_transformer=5, samples_cnn=100,
+        default_num_channels=16, num_layerwise_features=16,
+        train_dataset="miniimagenet:0-63", test_dataset="miniimagenet:80-99",
+        eval_datasets="miniimagenet",
+    ),
+    "miniimagenet_5shot": dict(
+        _IMAGENET, num_labels=5, samples_transformer=25, samples_cnn=100,
+        default_num_channels=16, num_layerwise_features=16,
+        train_dataset="miniimagenet:0-63", test_dataset="miniimagenet:80-99",
+        eval_datasets="miniimagenet",
+    ),
+    "tieredimagenet_1shot": dict(
+        _IMAGENET, num_labels=5, samples_transformer=5, samples_cnn=100,
+        default_num_channels=8, num_layerwise_features=8,
+        train_dataset="tieredimagenet:0-350", test_dataset="tieredimagenet:448-607",
+        eval_datasets="tieredimagenet",
+    ),
+    "tieredimagenet_5shot": dict(
+        _IMAGENET, num_labels=5, samples_transformer=25, samples_cnn=100,
+        default_num_channels=8, num_layerwise_features=8,
+        train_dataset="tieredimagenet:0-350", test_dataset="tieredimagenet:448-607",
+        eval_datasets="tieredimagenet",
+    ),
+}
+
+# The README's offline demo: a small 5-way 1-shot HT on the built-in glyphs data.
+PRESETS["glyphs_demo"] = dict(
+    _OMNIGLOT,
+    num_labels=5, samples_transformer=5, samples_cnn=25,
+    default_num_channels=8, num_layerwise_features=8,
+    train_dataset="glyphs:train", test_dataset="glyphs:test", eval_datasets="glyphs",
+    shuffle_labels_seed=0, learning_rate=0.02, train_steps=2000, steps_between_saves=500,
+    num_task_evals=256,
+)
+
+
+def names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def load(name: str, **overrides: Any) -> Config:
+    """The preset ``name`` with ``overrides`` applied (unknown names are errors)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(names())}")
+    return Config().replace(**PRESETS[name]).replace(**overrides)
