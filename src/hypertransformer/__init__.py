@@ -1,6 +1,8 @@
 """HyperTransformer and Continual HyperTransformer for few-shot learning, in PyTorch."""
 
+from hypertransformer import presets
 from hypertransformer.config import Config
+from hypertransformer.model import GeneratedWeights, HyperTransformer
 
-__all__ = ["Config"]
+__all__ = ["Config", "GeneratedWeights", "HyperTransformer", "presets"]
 __version__ = "0.1.0"

@@ -97,6 +97,7 @@ class Config:
     weight_variation_regularization: float = 0.0
     label_smoothing: float = 0.0
     shared_head_weight: float = 0.0
+    shared_head_classes: int = 0  # (ours) classes of the training split, for the shared head
 
     # ---- training (SPEC §4) -------------------------------------------------------------
     learning_rate: float = 1e-3
