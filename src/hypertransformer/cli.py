@@ -13,6 +13,7 @@ import sys
 # Modules that define ``register(subparsers)``; each adds one or more subcommands.
 _COMMAND_MODULES = [
     "hypertransformer.data.cli",
+    "hypertransformer.model.cli",
 ]
 
 

@@ -1,9 +1,9 @@
 """The generated CNN (SPEC §3.5, §3.6), applied to many tasks at once.
 
-Activations of T tasks travel in a *grouped layout* ``[M, T·C, H, W]``: channel block t holds
-task t.  A task's generated convolution is then one grouped convolution (``groups=T``) and
-BatchNorm with per-task, per-channel batch statistics is a plain ``F.batch_norm`` in training
-mode over that layout.  BatchNorm never uses running averages, also under ``model.eval()``.
+Activations of T tasks travel in the grouped layout of :mod:`hypertransformer.model.ops`
+``[M, T·C, H, W]``: a task's generated convolution is one grouped convolution (``groups=T``)
+and BatchNorm uses per-task, per-channel batch statistics.  BatchNorm never uses running
+averages, also not under ``model.eval()``.
 
 Weight decoding (``output`` allocation, the authors' layout): token o holds output filter o as
 ``o[:k·k·C_in]`` in (kh, kw, C_in) order, then its bias (``lw_generate_bias``), then its BN γ, β
@@ -20,19 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hypertransformer.model.feature_extractors import conv_output_size, pad_same
-
-
-def to_grouped(x: Tensor) -> Tensor:
-    """[T, M, C, H, W] -> [M, T·C, H, W]."""
-    t, m, c, h, w = x.shape
-    return x.transpose(0, 1).reshape(m, t * c, h, w)
-
-
-def from_grouped(x: Tensor, num_tasks: int) -> Tensor:
-    """[M, T·C, H, W] -> [T, M, C, H, W]."""
-    m, tc, h, w = x.shape
-    return x.view(m, num_tasks, tc // num_tasks, h, w).transpose(0, 1)
+from hypertransformer.model.ops import batch_norm, conv_output_size, from_grouped, pad_same
 
 
 def cnn_activation(x: Tensor, name: str) -> Tensor:
@@ -187,8 +175,10 @@ class ConvLayer(nn.Module):
         return LayerWeights(combine(w.weight, self.weight), combine(w.bias, self.bias),
                             combine(w.gamma, self.gamma), combine(w.beta, self.beta))
 
-    def forward(self, x: Tensor, w: LayerWeights | None, num_tasks: int) -> Tensor:
-        """``x`` [M, T·C_in, H, W] -> [M, T·C_out, H', W']."""
+    def forward(self, x: Tensor, w: LayerWeights | None, num_tasks: int,
+                mask: Tensor | None = None) -> Tensor:
+        """``x`` [M, T·C_in, H, W] -> [M, T·C_out, H', W']; ``mask`` [M, T] (True = present)
+        keeps removed samples out of the BatchNorm statistics."""
         s = self.spec
         e = self.effective(w, num_tasks)
         assert e.weight is not None and e.gamma is not None and e.beta is not None
@@ -200,8 +190,7 @@ class ConvLayer(nn.Module):
         x = cnn_activation(x, self.activation)
         if s.maxpool:
             x = F.max_pool2d(x, s.maxpool)
-        return F.batch_norm(x, None, None, e.gamma.reshape(-1), e.beta.reshape(-1),
-                            training=True, eps=1e-3)
+        return batch_norm(x, e.gamma.reshape(-1), e.beta.reshape(-1), mask)
 
 
 class LogitsLayer(nn.Module):

@@ -11,28 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: str) -> int:
-    if padding == "same":
-        return -(-size // stride)
-    if padding == "valid":
-        return (size - kernel) // stride + 1
-    raise ValueError(f"unknown padding {padding!r}; use same or valid")
-
-
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """(before, after) padding of TensorFlow's "same" for one spatial dimension."""
-    total = max((conv_output_size(size, kernel, stride, "same") - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-def pad_same(x: Tensor, kernel: int, stride: int) -> Tensor:
-    """Pads ``x`` [..., H, W] so that a valid convolution gives TF "same" output."""
-    top, bottom = same_padding(x.shape[-2], kernel, stride)
-    left, right = same_padding(x.shape[-1], kernel, stride)
-    if top == bottom == left == right == 0:
-        return x
-    return F.pad(x, (left, right, top, bottom))
+from hypertransformer.model.ops import batch_norm, conv_output_size, pad_same, to_grouped
 
 
 class Conv2dTF(nn.Conv2d):
@@ -49,17 +28,6 @@ class Conv2dTF(nn.Conv2d):
         if self.tf_padding == "same":
             x = pad_same(x, self.kernel_size[0], self.stride[0])
         return super().forward(x)
-
-
-def per_task_batch_norm(x: Tensor, num_tasks: int, weight: Tensor, bias: Tensor,
-                        eps: float = 1e-3) -> Tensor:
-    """BatchNorm of ``x`` [T·M, C, H, W] (task-major) with each task's own batch statistics."""
-    tm, c, h, w = x.shape
-    grouped = x.view(num_tasks, tm // num_tasks, c, h, w).transpose(0, 1)
-    grouped = grouped.reshape(tm // num_tasks, num_tasks * c, h, w)
-    out = F.batch_norm(grouped, None, None, weight.repeat(num_tasks), bias.repeat(num_tasks),
-                       training=True, eps=eps)
-    return out.view(tm // num_tasks, num_tasks, c, h, w).transpose(0, 1).reshape(tm, c, h, w)
 
 
 SHARED_EXTRACTORS = {"2-layer": (2, False), "3-layer": (3, False), "4-layer": (4, False),
@@ -86,13 +54,18 @@ class SharedFeatureExtractor(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.dim = dim
 
-    def forward(self, x: Tensor, num_tasks: int) -> Tensor:
-        """``x`` [T·S, C, H, W] (task-major) -> [T·S, dim]."""
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Support images [T, S, C, H, W] -> [T, S, dim]; ``mask`` [T, S] keeps removed
+        samples out of the BatchNorm statistics."""
+        t, s = x.shape[:2]
+        x = x.flatten(0, 1)
         for i, conv in enumerate(self.convs):
             x = F.relu(conv(x))
             if self.bn_weight is not None and self.bn_bias is not None:
-                x = per_task_batch_norm(x, num_tasks, self.bn_weight[i], self.bn_bias[i])
-        return self.dropout(x.mean(dim=(-2, -1)))
+                g = batch_norm(to_grouped(x.unflatten(0, (t, s))), self.bn_weight[i].repeat(t),
+                               self.bn_bias[i].repeat(t), None if mask is None else mask.T)
+                x = g.view(s, t, *x.shape[1:]).transpose(0, 1).flatten(0, 1)
+        return self.dropout(x.mean(dim=(-2, -1))).view(t, s, -1)
 
 
 class LayerFeatureExtractor(nn.Module):

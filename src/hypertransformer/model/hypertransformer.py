@@ -31,11 +31,10 @@ from hypertransformer.model.cnn import (
     LogitsLayer,
     LogitsSpec,
     cnn_specs,
-    from_grouped,
-    to_grouped,
 )
 from hypertransformer.model.feature_extractors import SharedFeatureExtractor
 from hypertransformer.model.generator import WeightGenerator
+from hypertransformer.model.ops import from_grouped, to_grouped
 
 
 @dataclass
@@ -110,7 +109,7 @@ class HyperTransformer(nn.Module):
         if cfg.logits_feature_extractor not in ("default", ""):
             raise ValueError("only logits_feature_extractor=default is implemented")
 
-        # One generator per generated layer, keyed by layer index ("0".."L-1", "logits").
+        # One generator per generated layer, keyed "conv1".."convL" and "logits".
         self.generators = nn.ModuleDict()
         for i, (layer, spec) in enumerate(zip(self.conv_layers, conv_specs, strict=True)):
             if not layer.generated:
@@ -118,7 +117,7 @@ class HyperTransformer(nn.Module):
             width = cfg.num_layerwise_features
             if width is None:
                 width = max(spec.in_channels, spec.out_channels)
-            self.generators[str(i)] = WeightGenerator(
+            self.generators[f"conv{i + 1}"] = WeightGenerator(
                 cfg, num_tokens=layer.num_tokens, block_size=layer.block_size,
                 in_channels=spec.in_channels, in_size=spec.in_size, local_features=width,
                 feature_layers=2, kernel=spec.kernel, nonlinear_feature=False,
@@ -163,17 +162,18 @@ class HyperTransformer(nn.Module):
                              f"{list(support_y.shape)} disagree on [T, S]")
         shared = None
         if self.shared_feature_extractor is not None:
-            shared = self.shared_feature_extractor(support_x.flatten(0, 1), t).view(t, s, -1)
+            shared = self.shared_feature_extractor(support_x, support_mask)
         x = to_grouped(support_x)
+        bn_mask = None if support_mask is None else support_mask.T
         layers: list[LayerWeights | None] = []
         for i, layer in enumerate(self.conv_layers):
             w = None
             if layer.generated:
-                blocks = self.generators[str(i)](
+                blocks = self.generators[f"conv{i + 1}"](
                     from_grouped(x, t).flatten(0, 1), support_y, support_mask, shared)
                 w = layer.decode(blocks)
             layers.append(w)
-            x = layer(x, w, t)
+            x = layer(x, w, t, bn_mask)
         blocks = self.generators["logits"](from_grouped(x, t).flatten(0, 1), support_y,
                                            support_mask, shared)
         layers.append(self.logits_layer.decode(blocks))

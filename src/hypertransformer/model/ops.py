@@ -1,0 +1,65 @@
+"""Small tensor operations shared by the model's modules.
+
+The generated CNN keeps the activations of T tasks in a *grouped layout* ``[M, T·C, H, W]``
+(channel block t holds task t), so that a task's generated convolution is one grouped
+convolution and BatchNorm statistics per task and channel are plain per-channel statistics.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def to_grouped(x: Tensor) -> Tensor:
+    """[T, M, C, H, W] -> [M, T·C, H, W]."""
+    t, m, c, h, w = x.shape
+    return x.transpose(0, 1).reshape(m, t * c, h, w)
+
+
+def from_grouped(x: Tensor, num_tasks: int) -> Tensor:
+    """[M, T·C, H, W] -> [T, M, C, H, W]."""
+    m, tc, h, w = x.shape
+    return x.view(m, num_tasks, tc // num_tasks, h, w).transpose(0, 1)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: str) -> int:
+    if padding == "same":
+        return -(-size // stride)
+    if padding == "valid":
+        return (size - kernel) // stride + 1
+    raise ValueError(f"unknown padding {padding!r}; use same or valid")
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """(before, after) padding of TensorFlow's "same" for one spatial dimension (the odd
+    pixel goes after)."""
+    total = max((conv_output_size(size, kernel, stride, "same") - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def pad_same(x: Tensor, kernel: int, stride: int) -> Tensor:
+    """Pads ``x`` [..., H, W] so that a valid convolution gives TF "same" output."""
+    top, bottom = same_padding(x.shape[-2], kernel, stride)
+    left, right = same_padding(x.shape[-1], kernel, stride)
+    if top == bottom == left == right == 0:
+        return x
+    return F.pad(x, (left, right, top, bottom))
+
+
+def batch_norm(x: Tensor, gamma: Tensor, beta: Tensor, mask: Tensor | None = None,
+               eps: float = 1e-3) -> Tensor:
+    """BatchNorm of grouped ``x`` [M, T·C, H, W] with the current batch's statistics per task
+    and channel (never running averages); ``gamma``, ``beta`` are [T·C].
+
+    ``mask`` [M, T] (True = present) leaves removed samples out of the statistics, so that a
+    removed support sample has no influence at all on the generated weights.
+    """
+    if mask is None:
+        return F.batch_norm(x, None, None, gamma, beta, training=True, eps=eps)
+    m, tc, h, w = x.shape
+    weight = mask.to(x.dtype).repeat_interleave(tc // mask.shape[1], dim=1)[:, :, None, None]
+    count = (weight.sum(0) * h * w).clamp(min=1.0)  # [T·C, 1, 1]
+    mean = (x * weight).sum(dim=(0, 2, 3), keepdim=True) / count
+    var = ((x - mean).square() * weight).sum(dim=(0, 2, 3), keepdim=True) / count
+    return (x - mean) * (var + eps).rsqrt() * gamma[:, None, None] + beta[:, None, None]
