@@ -1,0 +1,283 @@
+"""Few-shot episodes drawn from a :class:`ClassDataset` (SPEC §2.3).
+
+An episode picks ``N = num_labels`` classes of the split at random; class ``i`` of the episode
+gets label ``i`` in both the support set (read by the transformer) and the query set (classified
+by the generated CNN).
+
+Balanced batches (``balanced=True``): a batch of size ``B`` gives episode class ``i``
+``B // N + (i < B % N)`` images, drawn without replacement within the batch, concatenated and
+then permuted.  Support and query are two such batches drawn independently, so a query image
+may equal a support image, as in the original (the default); ``disjoint=True`` draws both from
+one permutation of each class so that they never share an image.
+
+Unbalanced batches (``balanced=False``, the original's default flag): one balanced batch of
+``S + Q`` images is drawn, permuted and split into the first ``S`` (support) and the last ``Q``
+(query); the support therefore holds a random number of images per class and never shares an
+image with that query.  Unlabelled samples need balanced batches (the original raises too), and
+``disjoint`` is rejected there.  :meth:`EpisodeSampler.sample` documents the evaluation mode
+(several query batches per task) of both kinds.
+
+Semi-supervised support (``unlabeled_per_class = u > 0``): ``S = N·(K + u)``; within each class
+chunk of the support, before the permutation, the first ``u`` images get label ``N``
+("unlabelled").  Random removal (training): ``p ~ U(0, max_prob_remove_unlabeled)`` once per
+episode, each unlabelled support sample removed with probability ``p``; the same for labelled
+samples with ``max_prob_remove_labeled``.  Removed samples stay in the batch with
+``support_mask = False``.
+
+Augmentation (SPEC §2.4): one state per episode, applied to the support and query images on
+0..255 pixels with the episode class (``0..N-1``, also for unlabelled samples) as the label,
+then resize and ``x/128 - 1``, then the natural-image augmentations when configured.
+
+Images are resized to ``image_size`` (default: the dataset's height) after augmentation.
+
+Speed: every class is packed once into one uint8 tensor with per-class offsets (a copy of the
+split's images, made at construction), and all indices
+are computed with vectorised tensor maths over ``[T, N]``; one ``torch.Generator`` drives every
+random choice, so a seed (and :meth:`EpisodeSampler.state_dict`) reproduces the stream exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hypertransformer.config import Config
+from hypertransformer.data.augment import (
+    AugmentationConfig,
+    AugmentationState,
+    Augmenter,
+    augment_natural_images,
+)
+from hypertransformer.data.base import ClassDataset, DatasetError
+
+
+@dataclass
+class EpisodeBatch:
+    """``T`` episodes.  Labels are ``0..N-1``; ``N`` marks an unlabelled support sample."""
+
+    support_x: Tensor  # float32 [T, S, C, H, W], x/128 - 1
+    support_y: Tensor  # int64 [T, S]
+    support_mask: Tensor  # bool [T, S]; False = removed (masked as attention key)
+    query_x: Tensor  # float32 [T, Q * query_batches, C, H, W]
+    query_y: Tensor  # int64 [T, Q * query_batches]
+    classes: Tensor  # int64 [T, N]: the split's class index of each episode label
+
+    def to(self, device: torch.device | str) -> EpisodeBatch:
+        return EpisodeBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def _per_label(batch_size: int, num_labels: int) -> list[int]:
+    """Images of each episode class in a balanced batch: ``B // N + (i < B % N)``."""
+    return [batch_size // num_labels + (i < batch_size % num_labels) for i in range(num_labels)]
+
+
+def _items(counts: list[int]) -> tuple[Tensor, Tensor]:
+    """(label, position within the label's chunk) of every image of a batch, chunk by chunk."""
+    label = [i for i, c in enumerate(counts) for _ in range(c)]
+    position = [j for c in counts for j in range(c)]
+    return torch.tensor(label, dtype=torch.long), torch.tensor(position, dtype=torch.long)
+
+
+class EpisodeSampler:
+    """Draws batches of episodes; see the module docstring for the semantics."""
+
+    def __init__(self, dataset: ClassDataset, *, num_labels: int, support_size: int,
+                 query_size: int, unlabeled_per_class: int = 0, balanced: bool = True,
+                 disjoint: bool = False, max_prob_remove_labeled: float = 0.0,
+                 max_prob_remove_unlabeled: float = 0.0,
+                 augmentation: AugmentationConfig | None = None, image_size: int | None = None,
+                 seed: int = 0) -> None:
+        n, s, q, u = num_labels, support_size, query_size, unlabeled_per_class
+        for name, value, least in [("num_labels", n, 1),
+                                   ("support_size (samples_transformer)", s, 1),
+                                   ("query_size (samples_cnn)", q, 1),
+                                   ("unlabeled_per_class (unlabeled_samples_per_class)", u, 0)]:
+            if value < least:
+                raise DatasetError(f"{name} must be at least {least}; got {value}")
+        for name, p in [("max_prob_remove_labeled", max_prob_remove_labeled),
+                        ("max_prob_remove_unlabeled", max_prob_remove_unlabeled)]:
+            if not 0.0 <= p <= 1.0:
+                raise DatasetError(f"{name} must be in [0, 1]; got {p}")
+        if image_size is not None and image_size < 1:
+            raise DatasetError(f"image_size must be positive; got {image_size}")
+        if n > dataset.num_classes:
+            raise DatasetError(
+                f"num_labels={n} but the split {dataset.name!r} has only {dataset.num_classes} "
+                f"classes; lower num_labels or use a split with more classes")
+        if balanced and u > 0 and (s % n or s // n <= u):
+            raise DatasetError(
+                f"support_size (samples_transformer) must be num_labels·(shots + "
+                f"unlabeled_per_class) with shots >= 1; got {s} for num_labels={n}, "
+                f"unlabeled_per_class={u} (e.g. use {n * (u + 1)})")
+        if not balanced and u > 0:
+            raise DatasetError("unlabelled support samples need balanced batches: set "
+                               "balanced_batches=True or unlabeled_samples_per_class=0")
+        if not balanced and disjoint:
+            raise DatasetError(
+                "disjoint_support_query needs balanced_batches=True (unbalanced batches split "
+                "one draw of support + query, which never share an image anyway)")
+
+        self.dataset = dataset
+        self.num_labels, self.support_size, self.query_size = n, s, q
+        self.unlabeled_per_class = u
+        self.balanced, self.disjoint = balanced, disjoint
+        self.max_prob_remove_labeled = max_prob_remove_labeled
+        self.max_prob_remove_unlabeled = max_prob_remove_unlabeled
+        self.image_size = image_size or dataset.image_shape[0]
+
+        if balanced:
+            support, query = _per_label(s, n), _per_label(q, n)
+            if disjoint:
+                self._check_class_sizes(
+                    support[0] + query[0],
+                    f"disjoint support and query need {support[0]} + {query[0]} images per class")
+            else:
+                self._check_class_sizes(support[0], f"the support needs up to {support[0]} "
+                                                    f"images per class ({s} over {n} labels)")
+                self._check_class_sizes(query[0], f"the query needs up to {query[0]} images "
+                                                  f"per class ({q} over {n} labels)")
+            self._support_items, self._query_items = _items(support), _items(query)
+        else:
+            both = _per_label(s + q, n)
+            self._check_class_sizes(both[0], f"support + query ({s} + {q}, drawn together as "
+                                             f"balanced=False) need up to {both[0]} images per "
+                                             f"class of {n} labels")
+            self._joint_items = _items(both)
+
+        counts = dataset.samples_per_class
+        self._counts = torch.tensor(counts, dtype=torch.long)
+        self._offsets = torch.tensor(np.cumsum([0] + counts[:-1]), dtype=torch.long)
+        self._max_count = max(counts)
+        self._ragged = min(counts) != self._max_count
+        # [total, H, W, C] uint8; batches are moved to [C, H, W] after the gather.
+        self._images = torch.from_numpy(np.concatenate(dataset.classes, axis=0))
+
+        self.augmentation = augmentation or AugmentationConfig()
+        self._augmenter = Augmenter(self.augmentation)
+        self._generator = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def from_config(cls, dataset: ClassDataset, cfg: Config, *, train: bool,
+                    seed: int) -> EpisodeSampler:
+        """The sampler of the original flags; random removal applies to training only.
+
+        ``query_size`` is ``cfg.samples_cnn``; the original evaluator sets
+        ``samples_cnn = eval_batch_size`` before building its data.
+        """
+        return cls(dataset, num_labels=cfg.num_labels, support_size=cfg.samples_transformer,
+                   query_size=cfg.samples_cnn,
+                   unlabeled_per_class=cfg.unlabeled_samples_per_class,
+                   balanced=cfg.balanced_batches, disjoint=cfg.disjoint_support_query,
+                   max_prob_remove_labeled=cfg.max_prob_remove_labeled if train else 0.0,
+                   max_prob_remove_unlabeled=cfg.max_prob_remove_unlabeled if train else 0.0,
+                   augmentation=AugmentationConfig.from_config(cfg, train),
+                   image_size=cfg.image_size, seed=seed)
+
+    def _check_class_sizes(self, need: int, what: str) -> None:
+        counts = self.dataset.samples_per_class
+        smallest = int(np.argmin(counts))
+        if counts[smallest] < need:
+            raise DatasetError(
+                f"{what}, but class {smallest} ({self.dataset.class_names[smallest]!r}) of "
+                f"{self.dataset.name!r} holds only {counts[smallest]} images; use fewer samples "
+                f"per class (support_size/samples_transformer, query_size/samples_cnn, or more "
+                f"num_labels) or leave the small classes out of the split")
+
+    def state_dict(self) -> dict:
+        return {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._generator.set_state(state["generator"])
+
+    def _rand(self, *shape: int) -> Tensor:
+        return torch.rand(*shape, generator=self._generator)
+
+    def _batch(self, counts: Tensor, items: tuple[Tensor, Tensor],
+               exclude: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """One permuted batch per episode: (label, position, sample slot in its class), [T, B].
+
+        Each episode class takes the first images of a fresh random permutation of its samples
+        (``exclude`` [T, N, max_count] marks samples that may not be taken).
+        """
+        label, position = items
+        t, n = counts.shape
+        keys = self._rand(t, n, self._max_count)
+        if self._ragged:
+            keys.masked_fill_(torch.arange(self._max_count) >= counts[..., None], 2.0)
+        if exclude is not None:
+            keys.masked_fill_(exclude, 2.0)
+        order = keys.topk(int(position.max()) + 1, dim=2, largest=False).indices  # [T, N, k]
+        slot = order[:, label, position]
+        perm = self._rand(t, len(label)).argsort(dim=1)
+        return label[perm], position[perm], slot.gather(1, perm)
+
+    def sample(self, num_episodes: int, query_batches: int = 1) -> EpisodeBatch:
+        """``num_episodes`` episodes, each with ``query_batches`` query batches.
+
+        ``query_batches > 1`` is the evaluation mode of SPEC §5: one support set and one
+        augmentation state per task, and independent query batches of ``query_size`` each,
+        concatenated along dim 1 (chunk ``b`` is ``query_x[:, b*Q:(b+1)*Q]``).  With
+        ``balanced=False`` chunk 0 comes from the support's own draw and every further chunk is
+        the last ``Q`` of a fresh ``S + Q`` draw (as the original evaluator re-draws its data
+        for every batch).
+        """
+        if num_episodes < 1 or query_batches < 1:
+            raise DatasetError(f"num_episodes and query_batches must be at least 1; got "
+                               f"{num_episodes} and {query_batches}")
+        t, n, s, u = num_episodes, self.num_labels, self.support_size, self.unlabeled_per_class
+        classes = self._rand(t, self.dataset.num_classes).topk(n, dim=1, largest=False).indices
+        counts = self._counts[classes]
+
+        if self.balanced:
+            sup_label, sup_pos, sup_slot = self._batch(counts, self._support_items)
+            exclude = None
+            if self.disjoint:
+                exclude = torch.zeros(t, n * self._max_count, dtype=torch.bool)
+                exclude.scatter_(1, sup_label * self._max_count + sup_slot, True)
+                exclude = exclude.view(t, n, self._max_count)
+            queries = []
+            for _ in range(query_batches):
+                label, _, slot = self._batch(counts, self._query_items, exclude)
+                queries.append((label, slot))
+        else:
+            label, pos, slot = self._batch(counts, self._joint_items)
+            sup_label, sup_pos, sup_slot = label[:, :s], pos[:, :s], slot[:, :s]
+            queries = [(label[:, s:], slot[:, s:])]
+            for _ in range(query_batches - 1):
+                label, _, slot = self._batch(counts, self._joint_items)
+                queries.append((label[:, s:], slot[:, s:]))
+
+        unlabeled = sup_pos < u
+        mask = torch.ones(t, s, dtype=torch.bool)
+        for kind, max_prob in [(unlabeled, self.max_prob_remove_unlabeled),
+                               (~unlabeled, self.max_prob_remove_labeled)]:
+            if max_prob > 0:
+                p = self._rand(t, 1) * max_prob
+                mask &= ~(kind & (self._rand(t, s) < p))
+
+        state = self._augmenter.draw(t, n, self._generator) if self.augmentation.active else None
+        query_label = torch.cat([label for label, _ in queries], dim=1)
+        query_slot = torch.cat([slot for _, slot in queries], dim=1)
+        return EpisodeBatch(
+            support_x=self._images_of(classes, sup_label, sup_slot, state),
+            support_y=torch.where(unlabeled, n, sup_label),
+            support_mask=mask,
+            query_x=self._images_of(classes, query_label, query_slot, state),
+            query_y=query_label,
+            classes=classes)
+
+    def _images_of(self, classes: Tensor, label: Tensor, slot: Tensor,
+                   state: AugmentationState | None) -> Tensor:
+        """Float ``[T, M, C, H, W]`` images, augmented and normalised, of the samples ``slot``
+        of the episode classes ``label`` (``[T, M]`` each)."""
+        index = self._offsets[classes].gather(1, label) + slot
+        x = self._images[index].permute(0, 1, 4, 2, 3).contiguous().float()
+        if state is not None:
+            x = self._augmenter(x, label, state)
+        x = Augmenter.normalize(x, self.image_size)
+        if self.augmentation.image_augmentations:
+            x = augment_natural_images(x, self.augmentation, self._generator)
+        return x
