@@ -208,3 +208,19 @@ def test_real_omniglot_presets(monkeypatch):
     assert len(alphabets) > 40  # the shuffled split mixes background and evaluation alphabets
     info = dataset_info(train)
     assert info["samples_per_class"] == {"min": 20, "max": 20, "total": 23000}
+
+
+def test_load_split_maps_train_val_test_onto_the_config():
+    from hypertransformer import presets
+    from hypertransformer.data.registry import load_split
+
+    cfg = presets.load("glyphs_demo")
+    train, val, test = (load_split(cfg, s) for s in ("train", "val", "test"))
+    assert train.name == "glyphs:train" and val.name == "glyphs:val"
+    assert test.name == "glyphs:test"
+    assert not set(train.class_names) & set(test.class_names)
+    assert not set(val.class_names) & (set(train.class_names) | set(test.class_names))
+    with pytest.raises(DatasetError, match="unknown split"):
+        load_split(cfg, "holdout")
+    with pytest.raises(DatasetError, match="no preset val split"):
+        load_split(cfg.replace(train_dataset="folder:0-3"), "val")

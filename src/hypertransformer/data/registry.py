@@ -19,11 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hypertransformer.config import Config
 from hypertransformer.data.base import ClassDataset, DatasetError
 from hypertransformer.data.image_folder import load_image_folder
 from hypertransformer.data.numpy_cache import check_image_args, find_numpy_cache, load_numpy_cache
 from hypertransformer.data.omniglot import load_omniglot, omniglot_dir
-from hypertransformer.data.specs import parse_spec, shuffle_permutation
+from hypertransformer.data.specs import parse_spec, shuffle_permutation, split_presets
 
 _MEMO_SIZE = 4
 
@@ -120,3 +121,24 @@ def dataset_info(ds: ClassDataset) -> dict[str, Any]:
         "image_shape": list(ds.image_shape),
         "first_class_names": ds.class_names[:5],
     }
+
+
+def load_split(cfg: Config, split: str) -> ClassDataset:
+    """The classes a run uses for ``split``: ``train`` → ``cfg.train_dataset``, ``test`` →
+    ``cfg.test_dataset``, ``val`` → the preset val range of the training dataset's name;
+    read with the config's data paths, image size, channels and ``shuffle_labels_seed``."""
+    if split == "train":
+        spec = cfg.train_dataset
+    elif split == "test":
+        spec = cfg.test_dataset
+    elif split == "val":
+        name, _ = parse_spec(cfg.train_dataset)
+        if split_presets(name) is None:
+            raise DatasetError(f"dataset {name!r} has no preset val split; evaluate on "
+                               "--split test or train")
+        spec = f"{name}:val"
+    else:
+        raise DatasetError(f"unknown split {split!r}; use train, val or test")
+    return load_dataset(spec, data_dir=cfg.data_dir, data_numpy_dir=cfg.data_numpy_dir,
+                        image_size=cfg.image_size, channels=cfg.image_channels,
+                        shuffle_labels_seed=cfg.shuffle_labels_seed)
