@@ -91,16 +91,21 @@ def test_support_order_does_not_matter():
     {"cnn_model_name": "4-layer", "stride": 1, "layerwise_generator": "separate"},
 ])
 def test_batched_tasks_equal_separate_calls(overrides):
+    """T tasks in one call = T calls of one task: to 1e-5 in float64 (the computation is the
+    same), and to float32 rounding in float32 (BatchNorm divides by small variances, which
+    amplifies the last-bit differences of differently blocked convolution kernels)."""
     cfg = small(**overrides)
     model = HyperTransformer(cfg).eval()
     sx, sy, qx, _ = episode(cfg, tasks=5)
     mask = torch.ones_like(sy, dtype=torch.bool)
     mask[1, 2] = False
-    with torch.no_grad():
-        together = model(sx, sy, qx, mask)
-        apart = torch.cat([model(sx[i:i + 1], sy[i:i + 1], qx[i:i + 1], mask[i:i + 1])
-                           for i in range(5)])
-    torch.testing.assert_close(together, apart, atol=1e-5, rtol=1e-5)
+    for dtype, tol in [(torch.float64, 1e-5), (torch.float32, 2e-4)]:
+        m, s, q = model.to(dtype), sx.to(dtype), qx.to(dtype)
+        with torch.no_grad():
+            together = m(s, sy, q, mask)
+            apart = torch.cat([m(s[i:i + 1], sy[i:i + 1], q[i:i + 1], mask[i:i + 1])
+                               for i in range(5)])
+        torch.testing.assert_close(together, apart, atol=tol, rtol=tol)
 
 
 def test_eval_and_train_mode_agree():

@@ -7,14 +7,18 @@ convolution and BatchNorm statistics per task and channel are plain per-channel 
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+CHANNELS_LAST = torch.channels_last
+
 
 def to_grouped(x: Tensor) -> Tensor:
-    """[T, M, C, H, W] -> [M, T·C, H, W]."""
+    """[T, M, C, H, W] -> [M, T·C, H, W], channels-last in memory (the fast layout for the
+    CPU's convolution and pooling kernels)."""
     t, m, c, h, w = x.shape
-    return x.transpose(0, 1).reshape(m, t * c, h, w)
+    return x.transpose(0, 1).reshape(m, t * c, h, w).contiguous(memory_format=CHANNELS_LAST)
 
 
 def from_grouped(x: Tensor, num_tasks: int) -> Tensor:
