@@ -13,7 +13,9 @@ import sys
 # Modules that define ``register(subparsers)``; each adds one or more subcommands.
 _COMMAND_MODULES = [
     "hypertransformer.data.cli",
+    "hypertransformer.training.cli",
     "hypertransformer.model.cli",
+    "hypertransformer.evaluation.cli",
 ]
 
 

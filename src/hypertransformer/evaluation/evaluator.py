@@ -1,0 +1,246 @@
+"""The evaluation protocol of SPEC §5.
+
+For each of ``num_tasks`` tasks: fix ``N`` classes, one support set and one augmentation state
+(test-time augmentation flags); draw ``num_batches`` independent balanced query batches of
+``batch_size`` images of those classes.  The task's CNN is generated once from its support set
+(``model.generate``) and classifies each query batch separately (``model.classify``), so every
+batch gets its own BatchNorm statistics, as the original ran the CNN on each batch of
+``eval_batch_size`` images.  Task accuracy is the mean over its batches; the result is the mean
+over tasks and the 95% confidence interval ``1.96 · std / √num_tasks``.
+
+The original ``evaluation_lib.evaluate_dataset`` returns the per-task means and its evaluator
+reports only their ``np.mean``; it computes no interval.  We use the population standard
+deviation of the per-task accuracies (``ddof=0``, numpy's default ``np.std``).
+
+Determinism: task ``i`` is drawn by a generator seeded from ``(seed, i)`` only, so the tasks --
+and the result -- depend on ``seed`` alone, not on ``tasks_per_call`` (how many tasks share one
+``generate`` call, a speed/memory knob) nor on the order of evaluation.  Every checkpoint is
+evaluated on the same tasks for a given seed.
+
+Checkpoints (:func:`evaluate_checkpoint`, :func:`watch`): a record (a JSON-ready dict) is
+written to ``<log_dir>/eval/<split>-<step:08d>.json`` and, as the original evaluator's
+``eval_accuracy/<split>`` summary, to TensorBoard events in ``<log_dir>/eval``.  :func:`watch`
+runs beside training: it evaluates every periodic checkpoint that has no record yet, in step
+order, and stops once ``done.json`` exists and every checkpoint has a record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hypertransformer.config import Config
+from hypertransformer.data.base import ClassDataset
+from hypertransformer.data.registry import load_split
+from hypertransformer.data.sampler import EpisodeBatch, EpisodeSampler
+from hypertransformer.model import HyperTransformer
+from hypertransformer.training.checkpoint import (
+    CHECKPOINT_DIR,
+    MODEL_FIELDS,
+    CheckpointError,
+    config_differences,
+    list_checkpoints,
+    model_from_checkpoint,
+    resolve_checkpoint,
+)
+
+EVAL_DIR = "eval"
+SPLITS = ("train", "val", "test")
+
+# Default ``tasks_per_call``: the most tasks (at least 1) with at most CLASSIFY_IMAGES images
+# per ``classify`` call (bounds the activations; larger calls were no faster on 2 CPU cores)
+# and at most QUERY_BYTES of query images (all batches, float32) per call.
+CLASSIFY_IMAGES = 4096
+QUERY_BYTES = 256 * 2**20
+
+
+@dataclass
+class EvalResult:
+    accuracy: float  # mean over tasks of the task accuracy
+    ci95: float  # 1.96 * std(task accuracies, ddof=0) / sqrt(num_tasks)
+    num_tasks: int
+    num_batches: int
+    batch_size: int
+    task_accuracies: list[float] = field(repr=False)  # mean over each task's query batches
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def confidence_interval(task_accuracies: list[float] | np.ndarray) -> tuple[float, float]:
+    """(mean, 95% half-width ``1.96 · std / √n``) with the population std (``ddof=0``)."""
+    acc = np.asarray(task_accuracies, dtype=np.float64)
+    if acc.size == 0:
+        raise ValueError("no task accuracies")
+    return float(acc.mean()), float(1.96 * acc.std() / math.sqrt(acc.size))
+
+
+def _task_seed(seed: int, task: int) -> int:
+    return int(np.random.SeedSequence((seed, task)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _sample_tasks(sampler: EpisodeSampler, first: int, count: int, num_batches: int,
+                  seed: int) -> EpisodeBatch:
+    """Tasks ``first .. first+count-1``, each drawn from its own ``(seed, task)`` generator."""
+    parts = []
+    for i in range(first, first + count):
+        state = torch.Generator().manual_seed(_task_seed(seed, i)).get_state()
+        sampler.load_state_dict({"generator": state})
+        parts.append(sampler.sample(1, query_batches=num_batches))
+    return EpisodeBatch(**{name: torch.cat([getattr(p, name) for p in parts])
+                           for name in EpisodeBatch.__dataclass_fields__})
+
+
+def evaluate_model(model: HyperTransformer, config: Config, dataset: ClassDataset, *,
+                   num_tasks: int = 1024, num_batches: int = 16, batch_size: int = 100,
+                   seed: int = 0, tasks_per_call: int | None = None) -> EvalResult:
+    """Runs the SPEC §5 protocol of ``model`` on the classes of ``dataset``.
+
+    ``config`` gives the episode and test-augmentation settings (``num_labels``,
+    ``samples_transformer``, ``balanced_batches``, ``test_*`` ...); its ``samples_cnn`` is
+    replaced by ``batch_size`` as the original evaluator does.  ``tasks_per_call`` tasks share
+    one ``generate`` call (default: from :data:`CLASSIFY_IMAGES` and :data:`QUERY_BYTES`); it
+    does not change the result.
+    """
+    for name, value in [("num_tasks", num_tasks), ("num_batches", num_batches),
+                        ("batch_size", batch_size)]:
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1; got {value}")
+    sampler = EpisodeSampler.from_config(dataset, config.replace(samples_cnn=batch_size),
+                                         train=False, seed=seed)
+    if tasks_per_call is None:
+        image_bytes = 4 * config.image_channels * config.image_size ** 2
+        tasks_per_call = max(1, min(CLASSIFY_IMAGES // batch_size,
+                                    QUERY_BYTES // (image_bytes * batch_size * num_batches)))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    accuracies = []
+    try:
+        with torch.no_grad():
+            for first in range(0, num_tasks, tasks_per_call):
+                count = min(tasks_per_call, num_tasks - first)
+                batch = _sample_tasks(sampler, first, count, num_batches, seed).to(device)
+                weights = model.generate(batch.support_x, batch.support_y, batch.support_mask)
+                correct = torch.zeros(count, device=device)
+                for b in range(num_batches):
+                    chunk = slice(b * batch_size, (b + 1) * batch_size)
+                    logits = model.classify(batch.query_x[:, chunk], weights)
+                    hits = logits.argmax(-1) == batch.query_y[:, chunk]
+                    correct += hits.float().mean(dim=1)
+                accuracies.extend((correct / num_batches).tolist())
+    finally:
+        model.train(was_training)
+    mean, ci95 = confidence_interval(accuracies)
+    return EvalResult(accuracy=mean, ci95=ci95, num_tasks=num_tasks, num_batches=num_batches,
+                      batch_size=batch_size, task_accuracies=accuracies,
+                      seconds=time.perf_counter() - start)
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+
+def log_dir_of(checkpoint: str | Path) -> Path:
+    """The log directory of ``<log_dir>/checkpoints/<file>`` (else the file's folder)."""
+    parent = Path(checkpoint).parent
+    return parent.parent if parent.name == CHECKPOINT_DIR else parent
+
+
+def record_path(log_dir: str | Path, split: str, step: int) -> Path:
+    return Path(log_dir) / EVAL_DIR / f"{split}-{step:08d}.json"
+
+
+def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, seed: int = 0,
+                        overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluates ``checkpoint`` (a file, or a log dir's latest) on ``split`` (train|val|test,
+    mapped to classes by :func:`~hypertransformer.data.registry.load_split`); returns the
+    record.
+
+    ``overrides`` change the checkpoint's config for data and protocol (``data_dir``,
+    ``num_task_evals``, ``num_eval_batches``, ``eval_batch_size``, ``test_*`` ...); a field
+    that defines the model is refused, since the model is the checkpoint's.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    checkpoint = resolve_checkpoint(checkpoint)
+    model, saved, state = model_from_checkpoint(checkpoint)
+    config = saved.replace(**(overrides or {}))
+    clash = config_differences(saved.to_dict(), config, MODEL_FIELDS)
+    if clash:
+        raise ValueError(f"these fields define the model and must match the checkpoint "
+                         f"(checkpoint -> given): {'; '.join(clash)}")
+    dataset = load_split(config, split)
+    result = evaluate_model(model, config, dataset, num_tasks=config.num_task_evals,
+                            num_batches=config.num_eval_batches,
+                            batch_size=config.eval_batch_size, seed=seed)
+    return {
+        "split": split, "dataset": dataset.name, "step": int(state["step"]),
+        "checkpoint": str(checkpoint.resolve()), "seed": seed,
+        "num_labels": config.num_labels, "chance": 1.0 / config.num_labels,
+        **result.to_dict(),
+    }
+
+
+def save_record(log_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Writes ``record`` to :func:`record_path` (atomically) and its accuracy to the
+    TensorBoard events of ``<log_dir>/eval`` as ``eval_accuracy/<split>``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    path = record_path(log_dir, record["split"], record["step"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record) + "\n")
+    os.replace(tmp, path)
+    with SummaryWriter(str(path.parent)) as writer:
+        writer.add_scalar(f"eval_accuracy/{record['split']}", record["accuracy"],
+                          record["step"])
+    return path
+
+
+def step_of(checkpoint: str | Path) -> int:
+    """The step in a periodic checkpoint's name ``ckpt-<step>.pt``."""
+    return int(Path(checkpoint).stem.split("-")[1])
+
+
+def watch(log_dir: str | Path, split: str = "test", *, seed: int = 0,
+          overrides: dict[str, Any] | None = None, poll_seconds: float = 10.0,
+          timeout: float | None = None,
+          on_record: Callable[[dict[str, Any], Path], None] | None = None) -> list[Path]:
+    """Evaluates each checkpoint of ``log_dir`` without a record as it appears (module
+    docstring); returns the records written.  Raises ``TimeoutError`` after ``timeout``
+    seconds without finishing.  A checkpoint pruned by the trainer before it was read is
+    skipped."""
+    log_dir = Path(log_dir)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    written: list[Path] = []
+    while True:
+        done = (log_dir / "done.json").exists()  # before listing: the last save precedes it
+        pending = [c for c in list_checkpoints(log_dir)
+                   if not record_path(log_dir, split, step_of(c)).exists()]
+        for checkpoint in pending:
+            try:
+                record = evaluate_checkpoint(checkpoint, split, seed=seed, overrides=overrides)
+            except (FileNotFoundError, CheckpointError):
+                if checkpoint.exists():
+                    raise
+                continue  # pruned by the trainer meanwhile
+            path = save_record(log_dir, record)
+            written.append(path)
+            if on_record is not None:
+                on_record(record, path)
+        if done and not pending:
+            return written
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"watching {log_dir}: no done.json after {timeout:g} s")
+        if not pending:
+            time.sleep(poll_seconds)

@@ -1,0 +1,122 @@
+"""Learning curves of a log directory as PNG files (matplotlib, Agg backend).
+
+Reads ``<log_dir>/metrics.jsonl`` (the trainer's lines: ``step, episodes, wall_time, loss,
+accuracy, heldout_accuracy`` ...) and any evaluation records ``<log_dir>/eval/*.json`` and
+writes two figures, each with a loss panel and an accuracy panel (training accuracy, held-out
+accuracy, the evaluated checkpoints with their 95% intervals, and the chance level ``1/N``
+when ``<log_dir>/config.json`` gives ``N``):
+
+* ``curves_episodes.png``: against training episodes,
+* ``curves_time.png``: against training wall-clock time (seconds spent training).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hypertransformer.evaluation.evaluator import EVAL_DIR
+
+PLOT_DIR = "plots"
+
+
+def read_metrics(log_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(log_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (is {log_dir} a training log dir?)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} has no metrics yet")
+    return rows
+
+
+def read_records(log_dir: str | Path) -> list[dict[str, Any]]:
+    """The evaluation records of ``log_dir``, sorted by split and step."""
+    paths = sorted((Path(log_dir) / EVAL_DIR).glob("*.json"))
+    records = [json.loads(p.read_text()) for p in paths]
+    return sorted(records, key=lambda r: (r["split"], r["step"]))
+
+
+def _series(rows: list[dict[str, Any]], key: str, x: str) -> tuple[np.ndarray, np.ndarray]:
+    have = [r for r in rows if r.get(key) is not None]
+    return (np.array([r[x] for r in have], dtype=float),
+            np.array([r[key] for r in have], dtype=float))
+
+
+def _smooth(y: np.ndarray) -> np.ndarray:
+    """Moving average over ~1/50 of the points (edges averaged over fewer points)."""
+    width = max(1, len(y) // 50)
+    if width == 1:
+        return y
+    kernel = np.ones(width)
+    return np.convolve(y, kernel, "same") / np.convolve(np.ones_like(y), kernel, "same")
+
+
+def _time_unit(seconds: float) -> tuple[str, float]:
+    if seconds > 3 * 3600:
+        return "hours", 3600.0
+    if seconds > 180:
+        return "minutes", 60.0
+    return "seconds", 1.0
+
+
+def plot_log_dir(log_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Writes the figures of the module docstring to ``out_dir`` (default
+    ``<log_dir>/plots``); returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(log_dir)
+    records = read_records(log_dir)
+    out = Path(out_dir) if out_dir is not None else Path(log_dir) / PLOT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    steps = np.array([r["step"] for r in rows], dtype=float)
+    config_path = Path(log_dir) / "config.json"
+    num_labels = json.loads(config_path.read_text()).get("num_labels") if (
+        config_path.is_file()) else None
+
+    unit, scale = _time_unit(max(r["wall_time"] for r in rows))
+    paths = []
+    for x, label, name in [("episodes", "training episodes", "curves_episodes.png"),
+                           ("wall_time", f"training time ({unit})", "curves_time.png")]:
+        div = scale if x == "wall_time" else 1.0
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+        xs, loss = _series(rows, "loss", x)
+        marker = "." if len(rows) < 30 else None
+        ax_loss.plot(xs / div, loss, color="C0", alpha=0.3 if len(loss) > 50 else 1.0,
+                     marker=marker)
+        if len(loss) > 50:
+            ax_loss.plot(xs / div, _smooth(loss), color="C0", label="smoothed")
+            ax_loss.legend()
+        ax_loss.set(xlabel=label, ylabel="training loss", title="Loss")
+
+        for key, name_, color in [("accuracy", "train (query)", "C0"),
+                                  ("heldout_accuracy", "held-out episodes", "C1")]:
+            xs, acc = _series(rows, key, x)
+            if len(acc):
+                ax_acc.plot(xs / div, acc, color=color, label=name_, marker=marker)
+        xs_all = np.array([r[x] for r in rows], dtype=float)
+        for i, split in enumerate(sorted({r["split"] for r in records})):
+            mine = [r for r in records if r["split"] == split]
+            at = np.interp([r["step"] for r in mine], steps, xs_all) / div
+            ax_acc.errorbar(at, [r["accuracy"] for r in mine], yerr=[r["ci95"] for r in mine],
+                            fmt="o", capsize=3, color=f"C{2 + i}",
+                            label=f"{split} evaluation (95% CI)")
+        if num_labels:
+            ax_acc.axhline(1.0 / num_labels, color="gray", linestyle="--",
+                           label=f"chance (1/{num_labels})")
+        ax_acc.set(xlabel=label, ylabel="accuracy", title="Accuracy")
+        ax_acc.grid(alpha=0.3)
+        ax_acc.legend()
+        ax_loss.grid(alpha=0.3)
+        fig.suptitle(str(log_dir))
+        path = out / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths

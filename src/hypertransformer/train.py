@@ -1,0 +1,30 @@
+"""``python -m hypertransformer.train --flag=value ...``: the original training binary.
+
+Takes the absl-style flags of the authors' ``train.py`` (see :mod:`hypertransformer.flags`;
+every Config field is a flag, defaults are the original flag defaults) and trains into
+``--train_log_dir`` (resuming a checkpoint there).  ``scripts/omniglot_*shot_v1.sh`` call it.
+Exit codes: 0 done, 130 stopped by Ctrl-C after saving a checkpoint, 2 bad flags or data.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hypertransformer.flags import parse_flags
+    from hypertransformer.training.cli import aborted, report
+    from hypertransformer.training.trainer import train
+
+    try:
+        config = parse_flags(sys.argv[1:] if argv is None else argv)
+        return report(train(config, config.train_log_dir))
+    except KeyboardInterrupt:
+        return aborted()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"hypertransformer.train: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

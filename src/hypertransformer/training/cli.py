@@ -1,0 +1,76 @@
+"""``hypertransformer train``: train (or resume) a preset, with field overrides.
+
+Exit codes: 0 when ``train_steps`` are done; 130 when stopped by Ctrl-C (a checkpoint was
+saved, see :mod:`.trainer`; run the same command to resume); 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from hypertransformer import presets
+
+if TYPE_CHECKING:
+    from hypertransformer.training.trainer import TrainResult
+
+INTERRUPTED_EXIT_CODE = 130
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a HyperTransformer (resumes a log dir with a checkpoint)",
+        description="Train a HyperTransformer from a preset. A log directory that holds a "
+                    "checkpoint is resumed. Ctrl-C saves a checkpoint and exits with 130.")
+    p.add_argument("--preset", required=True, choices=presets.names(),
+                   help="the configuration to start from (SPEC §6 scripts, glyphs_demo)")
+    p.add_argument("--data-dir", default=None,
+                   help="raw dataset folder (e.g. the Omniglot zips); sets data_dir")
+    p.add_argument("--log-dir", default=None,
+                   help="checkpoints, metrics and TensorBoard events (default: the config's "
+                        "train_log_dir)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (train_steps)")
+    p.add_argument("--episodes-per-step", type=int, default=None,
+                   help="episodes averaged per optimiser step (episodes_per_step)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (seed)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="FIELD=VALUE",
+                   help="override any config field, e.g. --set learning_rate=0.01 (repeatable;"
+                        " the named options above win)")
+    p.add_argument("--log-every", type=int, default=None,
+                   help="steps between metrics lines and held-out evaluations (default 100)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from hypertransformer.flags import apply_overrides
+    from hypertransformer.training.trainer import LOG_EVERY, train
+
+    config = apply_overrides(presets.load(args.preset), args.overrides)
+    named = {"data_dir": args.data_dir, "train_log_dir": args.log_dir,
+             "train_steps": args.steps, "episodes_per_step": args.episodes_per_step,
+             "seed": args.seed}
+    config = config.replace(**{k: v for k, v in named.items() if v is not None})
+    try:
+        result = train(config, config.train_log_dir, progress=not args.no_progress,
+                       log_every=args.log_every or LOG_EVERY)
+    except KeyboardInterrupt:
+        return aborted()
+    return report(result)
+
+
+def aborted() -> int:
+    print("aborted; the last saved checkpoint (if any) is kept", file=sys.stderr)
+    return INTERRUPTED_EXIT_CODE
+
+
+def report(result: TrainResult) -> int:
+    """Prints where the run stands; the exit code of the module docstring."""
+    state = "finished" if result.finished else (
+        "interrupted" if result.interrupted else "stopped")
+    best = ("" if result.best_accuracy is None
+            else f", best held-out accuracy {result.best_accuracy:.4f}")
+    print(f"{state} at step {result.step}{best}; checkpoint {result.last_checkpoint}")
+    return INTERRUPTED_EXIT_CODE if result.interrupted else 0

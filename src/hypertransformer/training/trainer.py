@@ -1,0 +1,409 @@
+"""The training loop (SPEC §4): episodes in, optimiser steps, checkpoints, metrics.
+
+``train(config, log_dir)`` trains a :class:`HyperTransformer` on episodes of
+``config.train_dataset`` and writes into ``log_dir``:
+
+* ``config.json`` (at start), ``checkpoints/`` (see :mod:`.checkpoint`: every
+  ``steps_between_saves`` steps and at the end, the last 3 kept, plus ``best.pt``),
+* ``metrics.jsonl``: one JSON object per logged step (every ``log_every`` steps and the last
+  step ``train_steps``) with ``step, episodes, wall_time, loss, accuracy, lr, episodes_per_s``
+  and ``heldout_accuracy``; loss and accuracy are means over the steps since the previous line
+  (or since the resume),
+  ``wall_time`` is the seconds spent in training (summed over resumed runs) and
+  ``episodes_per_s`` the training throughput over those steps,
+* TensorBoard events (``train/loss``, ``train/accuracy``, ``heldout/accuracy``, ``lr``,
+  ``episodes_per_s``),
+* ``done.json`` ``{"step": ..., "finished": true}`` once ``train_steps`` are done (the
+  evaluator's ``--watch`` stops on it).
+
+Optimiser.  The default is the original's plain SGD (no momentum, no weight decay) with
+``lr_t = learning_rate · learning_rate_decay_rate^(t / learning_rate_decay_steps)`` (continuous;
+``t`` counts optimiser steps).  ``optimizer=adamw`` uses ``torch.optim.AdamW`` (its default
+weight decay 0.01) with the same schedule; pick a smaller ``learning_rate`` for it (e.g. 1e-3).
+
+Episodes per step.  One optimiser step processes ``T = episodes_per_step`` independent
+episodes, and its loss is the *mean* of their losses, so the gradient is an average: ``lr``
+keeps its per-step meaning (T = 1 is the original), a step just sees T× the episodes and a less
+noisy gradient.  ``train_steps`` and the schedule count steps, not episodes (``episodes`` in the
+metrics counts episodes).
+
+Held-out accuracy.  At each logged step a fresh batch of ``heldout_episodes`` episodes is drawn
+from the held-out split (the val range of the training dataset when it has one, else the test
+split) and classified with ``model.eval()`` and no gradients; ``best.pt`` is the checkpoint
+with the best held-out accuracy so far.
+
+Resuming.  When ``log_dir`` holds a checkpoint, training continues from the latest one: model,
+optimiser, schedule, step, every RNG (torch, Python, NumPy, both samplers) are restored, so a
+resumed run produces the same parameters as an uninterrupted one (on the same machine and
+torch build).  Fields that change the model or optimiser (:data:`.checkpoint.RESUME_FIELDS`)
+must match the checkpoint; other fields (e.g. ``train_steps``) may change.
+
+Ctrl-C.  The first SIGINT lets the current step finish, saves a checkpoint and returns
+(``TrainResult.interrupted``; the CLIs then exit with 130).  A second SIGINT, or any
+``KeyboardInterrupt`` raised inside a step (e.g. outside the main thread, where no handler is
+installed), abandons the step in progress: the RNGs roll back to its start and the state after
+the previous step is saved, so resuming stays exact.  Only an interrupt during the parameter
+update itself (or during the final save) propagates, keeping the last saved checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from hypertransformer.config import Config
+from hypertransformer.data.base import ClassDataset
+from hypertransformer.data.registry import load_split
+from hypertransformer.data.sampler import EpisodeBatch, EpisodeSampler
+from hypertransformer.data.specs import parse_spec, split_presets
+from hypertransformer.model import HyperTransformer
+from hypertransformer.training.checkpoint import (
+    FORMAT_VERSION,
+    best_checkpoint_path,
+    check_compatible,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+
+LOG_EVERY = 100  # steps between metrics lines (the original's small-summary period)
+HELDOUT_EPISODES = 32
+_HELDOUT_CHUNK = 8  # episodes per forward pass of the held-out evaluation (bounds memory)
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass
+class TrainResult:
+    step: int  # optimiser steps done
+    log_dir: Path
+    last_checkpoint: Path | None
+    best_accuracy: float | None  # best held-out accuracy
+    finished: bool  # step == config.train_steps (done.json written)
+    interrupted: bool  # stopped by Ctrl-C (a checkpoint was saved)
+
+
+def learning_rate(config: Config, step: int) -> float:
+    """``lr_t`` of the module docstring."""
+    return config.learning_rate * _decay(config)(step)
+
+
+def _decay(config: Config) -> Callable[[int], float]:
+    rate, steps = config.learning_rate_decay_rate, config.learning_rate_decay_steps
+    return lambda t: rate ** (t / steps)
+
+
+def build_optimizer(model: torch.nn.Module, config: Config) -> tuple[
+        torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    if config.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(),
+                                                           lr=config.learning_rate)
+    elif config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    else:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got "
+                         f"{config.optimizer!r}")
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, _decay(config))
+
+
+def _check_config(config: Config) -> None:
+    if config.episodes_per_step < 1:
+        raise ValueError(f"episodes_per_step must be at least 1; got {config.episodes_per_step}")
+    if config.train_steps < 0:
+        raise ValueError(f"train_steps must be >= 0; got {config.train_steps}")
+    if config.steps_between_saves < 1:
+        raise ValueError(f"steps_between_saves must be at least 1; got "
+                         f"{config.steps_between_saves}")
+    if config.learning_rate_decay_steps <= 0:
+        raise ValueError(f"learning_rate_decay_steps must be positive; got "
+                         f"{config.learning_rate_decay_steps}")
+
+
+def _heldout_data(config: Config) -> ClassDataset:
+    """The val range of the training dataset when it has one, else the test split."""
+    ranges = split_presets(parse_spec(config.train_dataset)[0])
+    return load_split(config, "val" if ranges and "val" in ranges else "test")
+
+
+def _rng_state(samplers: dict[str, EpisodeSampler]) -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  "key": np_state["state"]["key"].tolist(), "pos": int(np_state["state"]["pos"]),
+                  "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
+        **{name: s.state_dict() for name, s in samplers.items()},
+    }
+
+
+def _set_rng_state(state: dict[str, Any], samplers: dict[str, EpisodeSampler]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"],
+                         "state": {"key": np.array(n["key"], dtype=np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    for name, sampler in samplers.items():
+        sampler.load_state_dict(state[name])
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class _Trainer:
+    """One call of :func:`train`; the attributes are the run's state."""
+
+    def __init__(self, config: Config, log_dir: Path, progress: bool, max_steps: int | None,
+                 log_every: int, heldout_episodes: int) -> None:
+        _check_config(config)
+        if log_every < 1 or heldout_episodes < 1:
+            raise ValueError("log_every and heldout_episodes must be at least 1")
+        self.log_dir, self.progress = log_dir, progress
+        self.log_every, self.heldout_episodes = log_every, heldout_episodes
+
+        train_data = load_split(config, "train")
+        if config.shared_head_weight > 0 and config.shared_head_classes == 0:
+            config = config.replace(shared_head_classes=train_data.num_classes)
+        self.config = cfg = config
+        self.end = cfg.train_steps if max_steps is None else min(cfg.train_steps, max_steps)
+
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.samplers = {
+            "train_sampler": EpisodeSampler.from_config(train_data, cfg, train=True,
+                                                        seed=cfg.seed),
+            "heldout_sampler": EpisodeSampler.from_config(
+                _heldout_data(cfg), cfg, train=False, seed=cfg.seed + 1),
+        }
+        self.model = HyperTransformer(cfg)
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
+        self.step, self.episodes_seen, self.wall_time = 0, 0, 0.0
+        self.best_accuracy: float | None = None
+        self.last_checkpoint: Path | None = None
+        self._saved_step = -1
+
+        latest = latest_checkpoint(log_dir)
+        if latest is not None:
+            self._restore(latest)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(log_dir / "config.json", cfg.to_dict())
+        (log_dir / "done.json").unlink(missing_ok=True)  # stale after a longer train_steps
+        self._trim_metrics()
+
+        self._stop = False  # set by the first SIGINT
+        self._phase = "idle"  # "step" (before the update), "update", "after" (bookkeeping)
+        self._window: dict[str, float] = dict(steps=0, loss=0.0, accuracy=0.0, time=0.0)
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION, "step": self.step,
+            "config": self.config.to_dict(), "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": _rng_state(self.samplers), "best_accuracy": self.best_accuracy,
+            "episodes_seen": self.episodes_seen, "wall_time": self.wall_time,
+        }
+
+    def _restore(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        check_compatible(state, self.config, path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"], self.samplers)
+        self.step, self.episodes_seen = state["step"], state["episodes_seen"]
+        self.wall_time, self.best_accuracy = state["wall_time"], state["best_accuracy"]
+        self.last_checkpoint, self._saved_step = path, self.step
+        if self.progress:
+            tqdm.write(f"resuming {path} at step {self.step}")
+
+    def _trim_metrics(self) -> None:
+        """Drops metrics lines past the resumed step (logged after the last save)."""
+        path = self.log_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+
+        def keep(line: str) -> bool:  # a line cut by a crash is dropped too
+            try:
+                return json.loads(line)["step"] <= self.step
+            except (ValueError, KeyError, TypeError):
+                return False
+
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if keep(line)]
+        if len(kept) != len(lines):
+            tmp = path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
+
+    def save(self) -> Path:
+        path = checkpoint_path(self.log_dir, self.step)
+        save_checkpoint(path, self.state())
+        prune_checkpoints(self.log_dir)
+        self.last_checkpoint, self._saved_step = path, self.step
+        return path
+
+    # ---- steps ---------------------------------------------------------------------------
+
+    def train_step(self) -> None:
+        cfg = self.config
+        start = time.perf_counter()
+        self._phase = "step"
+        batch = self.samplers["train_sampler"].sample(cfg.episodes_per_step)
+        self.model.train()
+        out = self.model.loss(batch.support_x, batch.support_y, batch.query_x, batch.query_y,
+                              support_mask=batch.support_mask, classes=batch.classes,
+                              step=self.step)
+        loss = out.loss.item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the loss is {loss} at step {self.step}; lower "
+                                     f"learning_rate")
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self._phase = "update"
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.episodes_seen += cfg.episodes_per_step
+        self._phase = "after"
+        elapsed = time.perf_counter() - start
+        self.wall_time += elapsed
+        w = self._window
+        w["steps"] += 1
+        w["time"] += elapsed
+        w["loss"] += loss
+        w["accuracy"] += out.accuracy.item()
+
+    @torch.no_grad()
+    def heldout_accuracy(self) -> float:
+        self.model.eval()
+        correct, total = 0.0, 0
+        left = self.heldout_episodes
+        while left > 0:
+            n = min(left, _HELDOUT_CHUNK)
+            b: EpisodeBatch = self.samplers["heldout_sampler"].sample(n)
+            logits = self.model(b.support_x, b.support_y, b.query_x, b.support_mask)
+            correct += (logits.argmax(-1) == b.query_y).float().sum().item()
+            total += b.query_y.numel()
+            left -= n
+        self.model.train()
+        return correct / total
+
+    def log(self, writer: SummaryWriter) -> dict[str, float]:
+        w = self._window
+        steps = max(1, int(w["steps"]))
+        record = {
+            "step": self.step, "episodes": self.episodes_seen,
+            "wall_time": round(self.wall_time, 3),
+            "loss": w["loss"] / steps, "accuracy": w["accuracy"] / steps,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "episodes_per_s": w["steps"] * self.config.episodes_per_step / max(w["time"], 1e-9),
+            "heldout_accuracy": self.heldout_accuracy(),
+        }
+        with open(self.log_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for tag, key in [("train/loss", "loss"), ("train/accuracy", "accuracy"),
+                         ("heldout/accuracy", "heldout_accuracy"), ("lr", "lr"),
+                         ("episodes_per_s", "episodes_per_s")]:
+            writer.add_scalar(tag, record[key], self.step)
+        writer.flush()
+        self._window = dict(steps=0, loss=0.0, accuracy=0.0, time=0.0)
+        if self.best_accuracy is None or record["heldout_accuracy"] > self.best_accuracy:
+            self.best_accuracy = record["heldout_accuracy"]
+            save_checkpoint(best_checkpoint_path(self.log_dir), self.state())
+        return record
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self._stop = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one raises
+        tqdm.write("interrupted: saving a checkpoint after this step (Ctrl-C again to drop "
+                   "the step in progress)")
+
+    def run(self) -> TrainResult:
+        cfg = self.config
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGINT)
+        if in_main:
+            signal.signal(signal.SIGINT, self._on_sigint)
+        # On a resume, TensorBoard hides events past the checkpoint from the earlier run.
+        writer = SummaryWriter(str(self.log_dir), purge_step=self.step + 1 if self.step else None)
+        bar = tqdm(total=cfg.train_steps, initial=self.step, disable=not self.progress,
+                   dynamic_ncols=True, unit="step")
+        interrupted = False
+        heldout: float | None = None  # the last held-out accuracy, for the progress bar
+        try:
+            while self.step < self.end and not self._stop:
+                boundary = _rng_state(self.samplers)
+                try:
+                    self.train_step()
+                    w = self._window
+                    postfix = dict(loss=f"{w['loss'] / w['steps']:.3f}",
+                                   acc=f"{w['accuracy'] / w['steps']:.3f}",
+                                   eps=f"{w['steps'] * cfg.episodes_per_step / w['time']:.1f}")
+                    if self.step % self.log_every == 0 or self.step == cfg.train_steps:
+                        heldout = self.log(writer)["heldout_accuracy"]
+                    if heldout is not None:
+                        postfix["heldout"] = f"{heldout:.3f}"
+                    bar.set_postfix(postfix, refresh=False)
+                    bar.update(1)
+                    if self.step % cfg.steps_between_saves == 0:
+                        self.save()
+                except KeyboardInterrupt:
+                    if self._phase == "update":
+                        raise  # parameters half-updated: keep the last saved checkpoint
+                    if self._phase == "step":
+                        _set_rng_state(boundary, self.samplers)  # the step did not happen
+                    interrupted = True
+                    break
+            interrupted = interrupted or self._stop
+            if self._saved_step != self.step:
+                self.save()
+        finally:
+            bar.close()
+            writer.close()
+            if in_main:
+                signal.signal(signal.SIGINT,
+                              signal.default_int_handler if previous is None else previous)
+        finished = self.step >= cfg.train_steps
+        if finished:
+            _write_json(self.log_dir / "done.json", {"step": self.step, "finished": True})
+        return TrainResult(step=self.step, log_dir=self.log_dir,
+                           last_checkpoint=self.last_checkpoint,
+                           best_accuracy=self.best_accuracy, finished=finished,
+                           interrupted=interrupted)
+
+
+def train(config: Config, log_dir: str | Path, *, progress: bool = True,
+          max_steps: int | None = None, log_every: int = LOG_EVERY,
+          heldout_episodes: int = HELDOUT_EPISODES) -> TrainResult:
+    """Trains (or resumes) a HyperTransformer in ``log_dir``; see the module docstring.
+
+    ``max_steps`` stops this call at that global step (if below ``config.train_steps``),
+    saving a checkpoint there; a later call resumes.  ``log_every`` steps between metrics lines
+    and held-out evaluations of ``heldout_episodes`` episodes.
+    """
+    return _Trainer(config, Path(log_dir), progress, max_steps, log_every,
+                    heldout_episodes).run()
