@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from realdata import omniglot_dir
 
 from hypertransformer.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def omniglot_dir() -> Path:
-    path = Path(os.environ.get("HT_OMNIGLOT_DIR") or REPO.parent / "shared" / "data" / "omniglot")
-    if not path.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Omniglot data missing at {path} (set HT_OMNIGLOT_DIR)")
-        pytest.skip(f"Omniglot data missing at {path}")
-    return path
 
 
 @pytest.fixture()

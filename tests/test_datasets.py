@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from realdata import omniglot_dir
 
 from hypertransformer.data import omniglot as omniglot_mod
 from hypertransformer.data.base import DatasetError
@@ -23,14 +24,6 @@ from hypertransformer.data.omniglot import load_omniglot
 REPO = Path(__file__).resolve().parents[1]
 
 
-def real_omniglot_dir() -> Path:
-    """The real Omniglot zips: $HT_OMNIGLOT_DIR or <repo>/../shared/data/omniglot."""
-    path = Path(os.environ.get("HT_OMNIGLOT_DIR") or REPO.parent / "shared/data/omniglot")
-    if not (path / "images_background.zip").is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"real Omniglot data missing at {path} (CI must have it)")
-        pytest.skip(f"real Omniglot data missing at {path}")
-    return path
 
 
 @pytest.fixture(autouse=True)
@@ -201,7 +194,7 @@ def test_omniglot_errors(tmp_path, monkeypatch):
 
 def test_real_omniglot(monkeypatch):
     monkeypatch.delenv("HT_CACHE_DIR")  # the user's cache: the decode is paid once per machine
-    root = real_omniglot_dir()
+    root = omniglot_dir()
     ds = load_omniglot(root)
     t = time.perf_counter()
     ds = load_omniglot(root)

@@ -6,13 +6,13 @@ import functools
 import hashlib
 import http.server
 import io
-import os
 import shutil
 import threading
 import zipfile
 from pathlib import Path
 
 import pytest
+from realdata import omniglot_dir
 
 from hypertransformer.data.base import DatasetError
 from hypertransformer.data.download import (
@@ -25,13 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 NAMES = ("images_background.zip", "images_evaluation.zip")
 
 
-def real_omniglot_dir() -> Path:
-    path = Path(os.environ.get("HT_OMNIGLOT_DIR") or REPO.parent / "shared/data/omniglot")
-    if not (path / "images_background.zip").is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"real Omniglot data missing at {path} (CI must have it)")
-        pytest.skip(f"real Omniglot data missing at {path}")
-    return path
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -129,10 +122,10 @@ def test_real_zips_served_locally_pass_the_known_sha256(server, tmp_path):
     serve, url = server
     (serve / "python").mkdir()
     for name in NAMES:
-        shutil.copy(real_omniglot_dir() / name, serve / "python" / name)
+        shutil.copy(omniglot_dir() / name, serve / "python" / name)
     dest = download_omniglot(tmp_path / "dest", base_url=url)  # the default KNOWN_CHECKSUMS
     for name in NAMES:
-        assert (dest / name).read_bytes() == (real_omniglot_dir() / name).read_bytes()
+        assert (dest / name).read_bytes() == (omniglot_dir() / name).read_bytes()
         assert sha256((dest / name).read_bytes()) == dict(KNOWN_CHECKSUMS[name])["sha256"]
 
 
@@ -140,7 +133,7 @@ def test_existing_local_zip_passes_the_content_check(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     for name in NAMES:
-        shutil.copy(real_omniglot_dir() / name, dest / name)
+        shutil.copy(omniglot_dir() / name, dest / name)
     # No known hash matches (empty table) and no server: accepted by content, nothing fetched.
     download_omniglot(dest, base_url="http://127.0.0.1:9/none", checksums={})
 
@@ -158,7 +151,7 @@ def test_existing_bad_local_zip_is_an_error_and_kept(tmp_path):
 
 
 def test_content_check_catches_corrupt_members(tmp_path):
-    src = real_omniglot_dir() / "images_evaluation.zip"
+    src = omniglot_dir() / "images_evaluation.zip"
     check_omniglot_zip(src, "images_evaluation")
     bad = tmp_path / "images_evaluation.zip"
     data = bytearray(src.read_bytes())

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from realdata import omniglot_dir
 
 from hypertransformer.data import registry
 from hypertransformer.data.base import ClassDataset, DatasetError
@@ -190,7 +191,7 @@ def test_dataset_info(tmp_path):
 
 
 def test_real_omniglot_presets(monkeypatch):
-    root = Path(os.environ.get("HT_OMNIGLOT_DIR") or REPO.parent / "shared/data/omniglot")
+    root = omniglot_dir()
     if not (root / "images_background.zip").is_file():
         if os.environ.get("CI"):
             pytest.fail(f"real Omniglot data missing at {root} (CI must have it)")

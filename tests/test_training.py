@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from realdata import omniglot_dir
 
 from hypertransformer import cli, presets
 from hypertransformer import train as train_module
@@ -31,15 +32,6 @@ from hypertransformer.training.trainer import build_optimizer, learning_rate
 REPO = Path(__file__).resolve().parents[1]
 
 
-def omniglot_dir() -> str:
-    """``$HT_OMNIGLOT_DIR`` or ``<repo>/../shared/data/omniglot``; missing data fails in CI."""
-    path = Path(os.environ.get("HT_OMNIGLOT_DIR") or REPO.parent / "shared" / "data" / "omniglot")
-    if not path.is_dir():
-        message = f"Omniglot not found at {path} (set HT_OMNIGLOT_DIR)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return str(path)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -63,7 +55,7 @@ RUN = dict(progress=False, log_every=2, heldout_episodes=4)
 
 
 def tiny_config(**overrides: object) -> Config:
-    return presets.load("omniglot_1shot", data_dir=omniglot_dir(), **{**TINY, **overrides})
+    return presets.load("omniglot_1shot", data_dir=str(omniglot_dir()), **{**TINY, **overrides})
 
 
 def params(log_dir: Path) -> dict[str, torch.Tensor]:
@@ -229,7 +221,7 @@ def test_learns_5way_1shot_omniglot(tmp_path: Path) -> None:
     HT's `number_of_trained_cnn_layers`), which learns about twice as fast per second as
     generating all layers; rotations are off so the task is the plain one."""
     config = presets.load(
-        "omniglot_1shot", data_dir=omniglot_dir(), num_labels=5, samples_transformer=5,
+        "omniglot_1shot", data_dir=str(omniglot_dir()), num_labels=5, samples_transformer=5,
         samples_cnn=25, random_rotate_by_90=False, number_of_trained_cnn_layers=3,
         optimizer="adamw", learning_rate=1e-3, episodes_per_step=8, train_steps=400,
         steps_between_saves=1000)
@@ -259,7 +251,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
     log_dir = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "hypertransformer.cli", "train", "--preset", "omniglot_1shot",
-         "--data-dir", omniglot_dir(), "--log-dir", str(log_dir), "--steps", "1000000",
+         "--data-dir", str(omniglot_dir()), "--log-dir", str(log_dir), "--steps", "1000000",
          "--log-every", "1", "--no-progress", *_tiny_set_args()],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -286,13 +278,13 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
 
 def test_cli_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log_dir = tmp_path / "cli"
-    code = cli.main(["train", "--preset", "omniglot_1shot", "--data-dir", omniglot_dir(),
+    code = cli.main(["train", "--preset", "omniglot_1shot", "--data-dir", str(omniglot_dir()),
                      "--log-dir", str(log_dir), "--steps", "2", "--episodes-per-step", "3",
                      "--seed", "7", "--log-every", "1", "--no-progress", *_tiny_set_args()])
     assert code == 0
     saved = json.loads((log_dir / "config.json").read_text())
     assert (saved["train_steps"], saved["episodes_per_step"], saved["seed"]) == (2, 3, 7)
-    assert saved["data_dir"] == omniglot_dir() and saved["train_log_dir"] == str(log_dir)
+    assert saved["data_dir"] == str(omniglot_dir()) and saved["train_log_dir"] == str(log_dir)
     assert saved["embedding_dim"] == 8 and saved["optimizer"] == "adamw"
     assert "finished at step 2" in capsys.readouterr().out
     assert [r["episodes"] for r in metrics(log_dir)] == [3, 6]
@@ -307,7 +299,7 @@ def test_cli_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_module_entry_with_original_flags(tmp_path: Path) -> None:
     log_dir = tmp_path / "flags"
     flags = [f"--{k}={v}" for k, v in TINY.items()]
-    code = train_module.main([*flags, "--train_steps=2", f"--data_dir={omniglot_dir()}",
+    code = train_module.main([*flags, "--train_steps=2", f"--data_dir={str(omniglot_dir())}",
                               f"--train_log_dir={log_dir}", "--train_dataset=omniglot:0-1149",
                               "--test_dataset=omniglot:1200-1622", "--shuffle_labels_seed=2022",
                               "--nobalanced_batches"])
@@ -322,13 +314,13 @@ def test_script_runs(tmp_path: Path) -> None:
     """``scripts/omniglot_1shot_v1.sh`` runs as documented, later flags overriding its own."""
     log_dir = tmp_path / "script"
     proc = subprocess.run(
-        [str(REPO / "scripts" / "omniglot_1shot_v1.sh"), f"--data_dir={omniglot_dir()}",
+        [str(REPO / "scripts" / "omniglot_1shot_v1.sh"), f"--data_dir={str(omniglot_dir())}",
          f"--train_log_dir={log_dir}", "--train_steps=1", "--num_labels=5",
          "--samples_transformer=5", "--samples_cnn=10"],
         env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     saved = json.loads((log_dir / "config.json").read_text())
-    expected = presets.load("omniglot_1shot", data_dir=omniglot_dir(),
+    expected = presets.load("omniglot_1shot", data_dir=str(omniglot_dir()),
                             train_log_dir=str(log_dir), train_steps=1, num_labels=5,
                             samples_transformer=5, samples_cnn=10)
     assert saved == expected.to_dict()
