@@ -121,14 +121,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-# The README's offline demo: a small 5-way 1-shot HT on the built-in glyphs data.
+# The README's offline demo: a small 5-way 1-shot HT on the built-in glyphs data, trained for
+# minutes rather than days: AdamW and 8 episodes per step instead of the original's SGD.
 PRESETS["glyphs_demo"] = dict(
     _OMNIGLOT,
     num_labels=5, samples_transformer=5, samples_cnn=25,
     default_num_channels=8, num_layerwise_features=8,
     train_dataset="glyphs:train", test_dataset="glyphs:test", eval_datasets="glyphs",
-    shuffle_labels_seed=0, learning_rate=0.02, train_steps=2000, steps_between_saves=500,
-    num_task_evals=256,
+    shuffle_labels_seed=0, optimizer="adamw", learning_rate=1e-3, episodes_per_step=8,
+    train_steps=20000, steps_between_saves=500, num_task_evals=256,
 )
 
 
