@@ -163,3 +163,22 @@ def test_content_check_catches_corrupt_members(tmp_path):
         check_omniglot_zip(bad, "images_evaluation")
     with pytest.raises(DatasetError, match="expected a file named images_background.zip"):
         check_omniglot_zip(bad, "images_background")
+
+
+def test_download_command_then_info(server, tmp_path, capsys):
+    """``hypertransformer data download`` fetches (from a local server) and checks the zips;
+    ``data info`` then reads them."""
+    import json
+
+    from hypertransformer.cli import main
+
+    serve, url = server
+    (serve / "python").mkdir()
+    for name in NAMES:
+        shutil.copy(omniglot_dir() / name, serve / "python" / name)
+    dest = tmp_path / "omniglot"
+    assert main(["data", "download", "omniglot", "--dest", str(dest), "--url", url]) == 0
+    assert "checked" in capsys.readouterr().out
+    assert main(["data", "info", "omniglot", "--data-dir", str(dest), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["num_classes"] == 1623 and info["samples_per_class"]["min"] == 20

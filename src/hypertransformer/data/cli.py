@@ -48,6 +48,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--out", default="episodes.png", help="output PNG (default episodes.png)")
     show.set_defaults(func=_show)
 
+    download = sub.add_parser("download", help="fetch the official Omniglot zips, checked")
+    download.add_argument("dataset", choices=("omniglot",))
+    download.add_argument("--dest", required=True, help="folder to write the zips into")
+    download.add_argument("--url", default=None,
+                          help="base URL of the two zips (default: the official repository)")
+    download.set_defaults(func=_download)
+
+
+def _download(args: argparse.Namespace) -> int:
+    from hypertransformer.data.download import OFFICIAL_URL, download_omniglot
+
+    path = download_omniglot(args.dest, base_url=args.url or OFFICIAL_URL)
+    print(f"Omniglot zips checked and ready in {path}; use --data-dir {path}")
+    return 0
+
 
 def _load(args: argparse.Namespace) -> ClassDataset:
     from hypertransformer.data.registry import load_dataset
