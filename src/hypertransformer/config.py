@@ -109,6 +109,8 @@ class Config:
     optimizer: str = "sgd"  # (ours) sgd (the original) | adamw
     episodes_per_step: int = 1  # (ours) T episodes processed by one optimiser step
     seed: int = 0  # (ours)
+    device: str = "cpu"  # (ours) cpu | cuda | cuda:<i>; under torchrun cuda means cuda:LOCAL_RANK
+    mixed_precision: str = "none"  # (ours) none | bf16 | fp16: torch.autocast, CUDA only
 
     # ---- evaluation (SPEC §5) -----------------------------------------------------------
     num_task_evals: int = 1024

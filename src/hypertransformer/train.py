@@ -4,6 +4,9 @@ Takes the absl-style flags of the authors' ``train.py`` (see :mod:`hypertransfor
 every Config field is a flag, defaults are the original flag defaults) and trains into
 ``--train_log_dir`` (resuming a checkpoint there).  ``scripts/omniglot_*shot_v1.sh`` call it.
 Exit codes: 0 done, 130 stopped by Ctrl-C after saving a checkpoint, 2 bad flags or data.
+
+``torchrun --nproc_per_node=P -m hypertransformer.train --flag=value ...`` trains data-parallel
+over P processes (``--device=cuda`` for one GPU each; docs/distributed.md).
 """
 
 from __future__ import annotations

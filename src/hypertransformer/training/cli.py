@@ -1,5 +1,9 @@
 """``hypertransformer train``: train (or resume) a preset, with field overrides.
 
+Under ``torchrun --nproc_per_node=P --no-python hypertransformer train ...`` (or
+``torchrun ... -m hypertransformer.cli train ...``) the run is data-parallel over P processes
+(docs/distributed.md); only rank 0 prints the summary.
+
 Exit codes: 0 when ``train_steps`` are done; 130 when stopped by Ctrl-C (a checkpoint was
 saved, see :mod:`.trainer`; run the same command to resume); 2 for bad input.
 """
@@ -32,8 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "train_log_dir)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (train_steps)")
     p.add_argument("--episodes-per-step", type=int, default=None,
-                   help="episodes averaged per optimiser step (episodes_per_step)")
+                   help="episodes averaged per optimiser step (episodes_per_step); per rank "
+                        "under torchrun")
     p.add_argument("--seed", type=int, default=None, help="random seed (seed)")
+    p.add_argument("--device", default=None,
+                   help="cpu (default), cuda or cuda:<index> (device); under torchrun each "
+                        "rank takes cuda:LOCAL_RANK")
+    p.add_argument("--mixed-precision", choices=("none", "bf16", "fp16"), default=None,
+                   help="autocast the forward passes on CUDA (mixed_precision)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="FIELD=VALUE",
                    help="override any config field, e.g. --set learning_rate=0.01 (repeatable;"
@@ -51,7 +61,8 @@ def _train(args: argparse.Namespace) -> int:
     config = apply_overrides(presets.load(args.preset), args.overrides)
     named = {"data_dir": args.data_dir, "train_log_dir": args.log_dir,
              "train_steps": args.steps, "episodes_per_step": args.episodes_per_step,
-             "seed": args.seed}
+             "seed": args.seed, "device": args.device,
+             "mixed_precision": args.mixed_precision}
     config = config.replace(**{k: v for k, v in named.items() if v is not None})
     try:
         result = train(config, config.train_log_dir, progress=not args.no_progress,
@@ -67,7 +78,9 @@ def aborted() -> int:
 
 
 def report(result: TrainResult) -> int:
-    """Prints where the run stands; the exit code of the module docstring."""
+    """Prints where the run stands (rank 0 only); the exit code of the module docstring."""
+    if result.rank != 0:
+        return INTERRUPTED_EXIT_CODE if result.interrupted else 0
     state = "finished" if result.finished else (
         "interrupted" if result.interrupted else "stopped")
     best = ("" if result.best_accuracy is None

@@ -44,6 +44,20 @@ Ctrl-C.  The first SIGINT lets the current step finish, saves a checkpoint and r
 installed), abandons the step in progress: the RNGs roll back to its start and the state after
 the previous step is saved, so resuming stays exact.  Only an interrupt during the parameter
 update itself (or during the final save) propagates, keeping the last saved checkpoint.
+
+Data parallelism (docs/distributed.md, :mod:`.distributed`).  Under ``torchrun`` with
+``P > 1`` processes every rank runs this loop on a ``DistributedDataParallel`` model: each
+draws its own ``episodes_per_step`` episodes per step (from its rank-seeded sampler), DDP
+averages the gradients, so a step sees ``P·T`` episodes and equals one process's step on their
+union.  The logged loss and accuracy are means over all ranks.  Rank 0 alone writes
+``config.json``, metrics, TensorBoard events, ``done.json`` and checkpoints and runs the
+held-out evaluation; a checkpoint also holds ``rank_rng``, the ``rng`` of ranks ``1..P-1``
+(gathered to rank 0), and every rank resumes from the same checkpoint with its own RNG state,
+so a resumed P-rank run is exact too.  A SIGINT on any rank stops all of them after the same
+step (a stop flag is all-reduced with the loss); an interrupt inside a step ends the process
+without saving (torchrun then stops the other ranks).  ``device`` moves the model and batches
+(``cuda``: ``cuda:LOCAL_RANK`` under torchrun) and ``mixed_precision`` (CUDA only) runs the
+forward passes under ``torch.autocast`` (fp16 with a ``GradScaler``, whose state is saved).
 """
 
 from __future__ import annotations
@@ -56,12 +70,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -81,6 +98,19 @@ from hypertransformer.training.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from hypertransformer.training.distributed import (
+    MIXED_PRECISION,
+    World,
+    barrier,
+    broadcast_from_main,
+    check_device,
+    gather_to_main,
+    mean_over_ranks,
+    process_group,
+    rank_sampler,
+    rank_seed,
+    resolve_device,
+)
 
 LOG_EVERY = 100  # steps between metrics lines (the original's small-summary period)
 HELDOUT_EPISODES = 32
@@ -96,6 +126,7 @@ class TrainResult:
     best_accuracy: float | None  # best held-out accuracy
     finished: bool  # step == config.train_steps (done.json written)
     interrupted: bool  # stopped by Ctrl-C (a checkpoint was saved)
+    rank: int = 0  # this process's rank (0 in a single process); only rank 0 knows best_accuracy
 
 
 def learning_rate(config: Config, step: int) -> float:
@@ -132,6 +163,7 @@ def _check_config(config: Config) -> None:
     if config.learning_rate_decay_steps <= 0:
         raise ValueError(f"learning_rate_decay_steps must be positive; got "
                          f"{config.learning_rate_decay_steps}")
+    check_device(config)
 
 
 def _heldout_data(config: Config) -> ClassDataset:
@@ -140,9 +172,9 @@ def _heldout_data(config: Config) -> ClassDataset:
     return load_split(config, "val" if ranges and "val" in ranges else "test")
 
 
-def _rng_state(samplers: dict[str, EpisodeSampler]) -> dict[str, Any]:
+def _rng_state(samplers: dict[str, EpisodeSampler], device: torch.device) -> dict[str, Any]:
     np_state = np.random.get_state(legacy=False)
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
         "numpy": {"bit_generator": np_state["bit_generator"],
@@ -150,10 +182,16 @@ def _rng_state(samplers: dict[str, EpisodeSampler]) -> dict[str, Any]:
                   "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
         **{name: s.state_dict() for name, s in samplers.items()},
     }
+    if device.type == "cuda":  # dropout on the GPU draws from the device's generator
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def _set_rng_state(state: dict[str, Any], samplers: dict[str, EpisodeSampler]) -> None:
+def _set_rng_state(state: dict[str, Any], samplers: dict[str, EpisodeSampler],
+                   device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
     random.setstate(state["python"])
     n = state["numpy"]
     np.random.set_state({"bit_generator": n["bit_generator"],
@@ -169,15 +207,28 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
+class _Loss(torch.nn.Module):
+    """``model.loss`` as a forward pass, so that DistributedDataParallel syncs its gradients."""
+
+    def __init__(self, model: HyperTransformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: EpisodeBatch, step: int) -> tuple[Tensor, Tensor]:
+        out = self.model.loss(batch.support_x, batch.support_y, batch.query_x, batch.query_y,
+                              support_mask=batch.support_mask, classes=batch.classes, step=step)
+        return out.loss, out.accuracy
+
+
 class _Trainer:
     """One call of :func:`train`; the attributes are the run's state."""
 
     def __init__(self, config: Config, log_dir: Path, progress: bool, max_steps: int | None,
-                 log_every: int, heldout_episodes: int) -> None:
-        _check_config(config)
+                 log_every: int, heldout_episodes: int, world: World) -> None:
         if log_every < 1 or heldout_episodes < 1:
             raise ValueError("log_every and heldout_episodes must be at least 1")
-        self.log_dir, self.progress = log_dir, progress
+        self.log_dir, self.world = log_dir, world
+        self.progress = progress and world.main
         self.log_every, self.heldout_episodes = log_every, heldout_episodes
 
         train_data = load_split(config, "train")
@@ -186,44 +237,62 @@ class _Trainer:
         self.config = cfg = config
         self.end = cfg.train_steps if max_steps is None else min(cfg.train_steps, max_steps)
 
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
-        self.samplers = {
-            "train_sampler": EpisodeSampler.from_config(train_data, cfg, train=True,
-                                                        seed=cfg.seed),
-            "heldout_sampler": EpisodeSampler.from_config(
-                _heldout_data(cfg), cfg, train=False, seed=cfg.seed + 1),
-        }
-        self.model = HyperTransformer(cfg)
+        # Ranks > 0 initialise the model differently; DDP copies rank 0's parameters.
+        seed = rank_seed(cfg.seed, world.rank)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        self.samplers = {"train_sampler": rank_sampler(train_data, cfg, world.rank)}
+        if world.main:  # rank 0 alone evaluates
+            self.samplers["heldout_sampler"] = EpisodeSampler.from_config(
+                _heldout_data(cfg), cfg, train=False, seed=cfg.seed + 1)
+        self.device = resolve_device(cfg, world)
+        self.model = HyperTransformer(cfg).to(self.device)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
+        self.episodes_per_step = cfg.episodes_per_step * world.size  # of all ranks together
         self.step, self.episodes_seen, self.wall_time = 0, 0, 0.0
         self.best_accuracy: float | None = None
         self.last_checkpoint: Path | None = None
         self._saved_step = -1
 
-        latest = latest_checkpoint(log_dir)
+        latest = broadcast_from_main(latest_checkpoint(log_dir), world)  # the same on all ranks
         if latest is not None:
             self._restore(latest)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(log_dir / "config.json", cfg.to_dict())
-        (log_dir / "done.json").unlink(missing_ok=True)  # stale after a longer train_steps
-        self._trim_metrics()
+        self.loss_fn: torch.nn.Module = _Loss(self.model)
+        if world.distributed:
+            self.loss_fn = DistributedDataParallel(
+                self.loss_fn, device_ids=None if self.device.type == "cpu" else [self.device])
+        if world.main:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(log_dir / "config.json", cfg.to_dict())
+            (log_dir / "done.json").unlink(missing_ok=True)  # stale after a longer train_steps
+            self._trim_metrics()
 
-        self._stop = False  # set by the first SIGINT
+        self._stop = False  # set by the first SIGINT (on this rank)
+        self._stop_all = False  # some rank got a SIGINT (all-reduced every step)
         self._phase = "idle"  # "step" (before the update), "update", "after" (bookkeeping)
         self._window: dict[str, float] = dict(steps=0, loss=0.0, accuracy=0.0, time=0.0)
 
     # ---- state ---------------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        return {
+    def other_ranks_rng(self) -> list[dict[str, Any]]:
+        """Collective: the RNG states of ranks 1..P-1 on rank 0 (``[]`` elsewhere)."""
+        return gather_to_main(_rng_state(self.samplers, self.device), self.world)[1:]
+
+    def state(self, rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
+        """The checkpoint (rank 0); ``rank_rng`` from :meth:`other_ranks_rng`."""
+        state = {
             "format_version": FORMAT_VERSION, "step": self.step,
             "config": self.config.to_dict(), "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "rng": _rng_state(self.samplers), "best_accuracy": self.best_accuracy,
+            "rng": _rng_state(self.samplers, self.device), "rank_rng": rank_rng,
+            "best_accuracy": self.best_accuracy,
             "episodes_seen": self.episodes_seen, "wall_time": self.wall_time,
         }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def _restore(self, path: Path) -> None:
         state = load_checkpoint(path)
@@ -231,12 +300,20 @@ class _Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"], self.samplers)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        saved = [state["rng"], *state.get("rank_rng", [])]  # one per rank of the saved run
+        if self.world.rank < len(saved):
+            _set_rng_state(saved[self.world.rank], self.samplers, self.device)
         self.step, self.episodes_seen = state["step"], state["episodes_seen"]
         self.wall_time, self.best_accuracy = state["wall_time"], state["best_accuracy"]
         self.last_checkpoint, self._saved_step = path, self.step
         if self.progress:
             tqdm.write(f"resuming {path} at step {self.step}")
+        if self.world.main and len(saved) != self.world.size:
+            tqdm.write(f"the checkpoint was written by {len(saved)} rank(s), this run has "
+                       f"{self.world.size}: ranks without a saved state start fresh episode "
+                       f"streams (not an exact resume)")
 
     def _trim_metrics(self) -> None:
         """Drops metrics lines past the resumed step (logged after the last save)."""
@@ -258,11 +335,18 @@ class _Trainer:
             os.replace(tmp, path)
 
     def save(self) -> Path:
+        """Collective: rank 0 writes the checkpoint of this step."""
+        rank_rng = self.other_ranks_rng()
         path = checkpoint_path(self.log_dir, self.step)
-        save_checkpoint(path, self.state())
-        prune_checkpoints(self.log_dir)
+        if self.world.main:
+            save_checkpoint(path, self.state(rank_rng))
+            prune_checkpoints(self.log_dir)
         self.last_checkpoint, self._saved_step = path, self.step
         return path
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        dtype = MIXED_PRECISION[self.config.mixed_precision]
+        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype)
 
     # ---- steps ---------------------------------------------------------------------------
 
@@ -270,22 +354,30 @@ class _Trainer:
         cfg = self.config
         start = time.perf_counter()
         self._phase = "step"
-        batch = self.samplers["train_sampler"].sample(cfg.episodes_per_step)
+        batch = self.samplers["train_sampler"].sample(cfg.episodes_per_step).to(self.device)
         self.model.train()
-        out = self.model.loss(batch.support_x, batch.support_y, batch.query_x, batch.query_y,
-                              support_mask=batch.support_mask, classes=batch.classes,
-                              step=self.step)
-        loss = out.loss.item()
+        with self._autocast():
+            loss_t, accuracy_t = self.loss_fn(batch, self.step)
+        # Means over the ranks, so that every rank agrees on stopping and on a bad loss.
+        loss, accuracy, stop = mean_over_ranks(
+            [loss_t.item(), accuracy_t.item(), float(self._stop)], self.world, self.device)
+        self._stop_all = self._stop_all or stop > 0
         if not math.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss} at step {self.step}; lower "
                                      f"learning_rate")
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        self._phase = "update"
-        self.optimizer.step()
+        if self.scaler is None:
+            loss_t.backward()
+            self._phase = "update"
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss_t).backward()
+            self._phase = "update"
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        self.episodes_seen += cfg.episodes_per_step
+        self.episodes_seen += self.episodes_per_step
         self._phase = "after"
         elapsed = time.perf_counter() - start
         self.wall_time += elapsed
@@ -293,7 +385,7 @@ class _Trainer:
         w["steps"] += 1
         w["time"] += elapsed
         w["loss"] += loss
-        w["accuracy"] += out.accuracy.item()
+        w["accuracy"] += accuracy
 
     @torch.no_grad()
     def heldout_accuracy(self) -> float:
@@ -302,15 +394,17 @@ class _Trainer:
         left = self.heldout_episodes
         while left > 0:
             n = min(left, _HELDOUT_CHUNK)
-            b: EpisodeBatch = self.samplers["heldout_sampler"].sample(n)
-            logits = self.model(b.support_x, b.support_y, b.query_x, b.support_mask)
+            b: EpisodeBatch = self.samplers["heldout_sampler"].sample(n).to(self.device)
+            with self._autocast():
+                logits = self.model(b.support_x, b.support_y, b.query_x, b.support_mask)
             correct += (logits.argmax(-1) == b.query_y).float().sum().item()
             total += b.query_y.numel()
             left -= n
         self.model.train()
         return correct / total
 
-    def log(self, writer: SummaryWriter) -> dict[str, float]:
+    def log(self, writer: SummaryWriter, rank_rng: list[dict[str, Any]]) -> dict[str, float]:
+        """Rank 0: a metrics line and TensorBoard scalars; ``best.pt`` on a new best."""
         w = self._window
         steps = max(1, int(w["steps"]))
         record = {
@@ -318,7 +412,7 @@ class _Trainer:
             "wall_time": round(self.wall_time, 3),
             "loss": w["loss"] / steps, "accuracy": w["accuracy"] / steps,
             "lr": self.optimizer.param_groups[0]["lr"],
-            "episodes_per_s": w["steps"] * self.config.episodes_per_step / max(w["time"], 1e-9),
+            "episodes_per_s": w["steps"] * self.episodes_per_step / max(w["time"], 1e-9),
             "heldout_accuracy": self.heldout_accuracy(),
         }
         with open(self.log_dir / "metrics.jsonl", "a") as f:
@@ -331,7 +425,7 @@ class _Trainer:
         self._window = dict(steps=0, loss=0.0, accuracy=0.0, time=0.0)
         if self.best_accuracy is None or record["heldout_accuracy"] > self.best_accuracy:
             self.best_accuracy = record["heldout_accuracy"]
-            save_checkpoint(best_checkpoint_path(self.log_dir), self.state())
+            save_checkpoint(best_checkpoint_path(self.log_dir), self.state(rank_rng))
         return record
 
     # ---- the loop ------------------------------------------------------------------------
@@ -339,8 +433,14 @@ class _Trainer:
     def _on_sigint(self, signum: int, frame: Any) -> None:
         self._stop = True
         signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one raises
-        tqdm.write("interrupted: saving a checkpoint after this step (Ctrl-C again to drop "
-                   "the step in progress)")
+        if self.world.main:
+            tqdm.write("interrupted: saving a checkpoint after this step (Ctrl-C again to drop "
+                       "the step in progress)")
+
+    @property
+    def _stopping(self) -> bool:
+        """Ranks stop together: on the all-reduced flag when distributed."""
+        return self._stop_all if self.world.distributed else self._stop
 
     def run(self) -> TrainResult:
         cfg = self.config
@@ -348,23 +448,27 @@ class _Trainer:
         previous = signal.getsignal(signal.SIGINT)
         if in_main:
             signal.signal(signal.SIGINT, self._on_sigint)
+        main = self.world.main
         # On a resume, TensorBoard hides events past the checkpoint from the earlier run.
-        writer = SummaryWriter(str(self.log_dir), purge_step=self.step + 1 if self.step else None)
+        writer = SummaryWriter(str(self.log_dir), purge_step=self.step + 1 if self.step else None
+                               ) if main else None
         bar = tqdm(total=cfg.train_steps, initial=self.step, disable=not self.progress,
                    dynamic_ncols=True, unit="step")
         interrupted = False
         heldout: float | None = None  # the last held-out accuracy, for the progress bar
         try:
-            while self.step < self.end and not self._stop:
-                boundary = _rng_state(self.samplers)
+            while self.step < self.end and not self._stopping:
+                boundary = _rng_state(self.samplers, self.device)
                 try:
                     self.train_step()
                     w = self._window
                     postfix = dict(loss=f"{w['loss'] / w['steps']:.3f}",
                                    acc=f"{w['accuracy'] / w['steps']:.3f}",
-                                   eps=f"{w['steps'] * cfg.episodes_per_step / w['time']:.1f}")
+                                   eps=f"{w['steps'] * self.episodes_per_step / w['time']:.1f}")
                     if self.step % self.log_every == 0 or self.step == cfg.train_steps:
-                        heldout = self.log(writer)["heldout_accuracy"]
+                        rank_rng = self.other_ranks_rng()
+                        if writer is not None:
+                            heldout = self.log(writer, rank_rng)["heldout_accuracy"]
                     if heldout is not None:
                         postfix["heldout"] = f"{heldout:.3f}"
                     bar.set_postfix(postfix, refresh=False)
@@ -372,28 +476,32 @@ class _Trainer:
                     if self.step % cfg.steps_between_saves == 0:
                         self.save()
                 except KeyboardInterrupt:
-                    if self._phase == "update":
-                        raise  # parameters half-updated: keep the last saved checkpoint
-                    if self._phase == "step":
-                        _set_rng_state(boundary, self.samplers)  # the step did not happen
+                    # Parameters half-updated, or one rank leaving a step the others are in:
+                    # no save, the last saved checkpoint is kept.
+                    if self._phase == "update" or self.world.distributed:
+                        raise
+                    if self._phase == "step":  # the step did not happen
+                        _set_rng_state(boundary, self.samplers, self.device)
                     interrupted = True
                     break
-            interrupted = interrupted or self._stop
+            interrupted = interrupted or self._stopping
             if self._saved_step != self.step:
                 self.save()
         finally:
             bar.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
             if in_main:
                 signal.signal(signal.SIGINT,
                               signal.default_int_handler if previous is None else previous)
         finished = self.step >= cfg.train_steps
-        if finished:
+        if finished and main:
             _write_json(self.log_dir / "done.json", {"step": self.step, "finished": True})
+        barrier(self.world)  # every rank returns once rank 0 has written everything
         return TrainResult(step=self.step, log_dir=self.log_dir,
                            last_checkpoint=self.last_checkpoint,
                            best_accuracy=self.best_accuracy, finished=finished,
-                           interrupted=interrupted)
+                           interrupted=interrupted, rank=self.world.rank)
 
 
 def train(config: Config, log_dir: str | Path, *, progress: bool = True,
@@ -403,7 +511,10 @@ def train(config: Config, log_dir: str | Path, *, progress: bool = True,
 
     ``max_steps`` stops this call at that global step (if below ``config.train_steps``),
     saving a checkpoint there; a later call resumes.  ``log_every`` steps between metrics lines
-    and held-out evaluations of ``heldout_episodes`` episodes.
+    and held-out evaluations of ``heldout_episodes`` episodes.  Under torchrun (or in a process
+    group the caller initialised) this process trains as one rank of a data-parallel run.
     """
-    return _Trainer(config, Path(log_dir), progress, max_steps, log_every,
-                    heldout_episodes).run()
+    _check_config(config)
+    with process_group(config) as world:
+        return _Trainer(config, Path(log_dir), progress, max_steps, log_every,
+                        heldout_episodes, world).run()
