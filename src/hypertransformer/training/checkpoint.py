@@ -13,7 +13,10 @@ tensors only, so it loads with ``torch.load(weights_only=True)``:
 * ``model``, ``optimizer``, ``scheduler``: the ``state_dict()`` of each,
 * ``rng``: ``torch`` (CPU generator state), ``python`` (``random.getstate()``), ``numpy``
   (``np.random.get_state()`` as plain lists), ``train_sampler`` and ``heldout_sampler``
-  (:meth:`EpisodeSampler.state_dict`),
+  (:meth:`EpisodeSampler.state_dict`), and on a GPU ``cuda`` (the CUDA generator states),
+* ``rank_rng``: under data-parallel training the same RNG states of ranks 1..P-1 (``rng`` is
+  rank 0's); ``[]`` for a single process,
+* ``scaler``: the ``GradScaler`` state when training with fp16 mixed precision,
 * ``best_accuracy`` (best held-out accuracy so far, or ``None``), ``episodes_seen``,
   ``wall_time`` (seconds spent training, summed over resumed runs).
 
