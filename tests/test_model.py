@@ -75,14 +75,17 @@ def test_model_summary_cli(capsys):
 
 def test_support_order_does_not_matter():
     cfg = small()
-    model = HyperTransformer(cfg).eval()
+    # float64: in float32 the reordered sums of BatchNorm over near-constant channels differ
+    # in the last bits, which the small variances amplify past any fixed tolerance.
+    model = HyperTransformer(cfg).eval().double()
     sx, sy, qx, _ = episode(cfg, tasks=1)
+    sx, qx = sx.double(), qx.double()
     perm = torch.randperm(sx.shape[1], generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         w1, w2 = model.generate(sx, sy), model.generate(sx[:, perm], sy[:, perm])
-        torch.testing.assert_close(flat(w1), flat(w2), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(flat(w1), flat(w2), atol=1e-9, rtol=1e-9)
         torch.testing.assert_close(model.classify(qx, w1), model.classify(qx, w2),
-                                   atol=1e-5, rtol=1e-5)
+                                   atol=1e-9, rtol=1e-9)
 
 
 @pytest.mark.parametrize("overrides", [

@@ -26,11 +26,13 @@ order, and stops once ``done.json`` exists and every checkpoint has a record.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from hypertransformer.data.base import ClassDataset
 from hypertransformer.data.registry import load_split
 from hypertransformer.data.sampler import EpisodeBatch, EpisodeSampler
 from hypertransformer.model import HyperTransformer
+from hypertransformer.model.hypertransformer import GeneratedWeights
 from hypertransformer.training.checkpoint import (
     CHECKPOINT_DIR,
     MODEL_FIELDS,
@@ -57,9 +60,14 @@ EVAL_DIR = "eval"
 SPLITS = ("train", "val", "test")
 
 # Default ``tasks_per_call``: the most tasks (at least 1) with at most CLASSIFY_IMAGES images
-# per ``classify`` call (bounds the activations; larger calls were no faster on 2 CPU cores)
-# and at most QUERY_BYTES of query images (all batches, float32) per call.
-CLASSIFY_IMAGES = 4096
+# per ``classify`` call and at most QUERY_BYTES of query images (all batches, float32) per
+# call.  Small calls keep the CNN's activations near the CPU caches: for omniglot_1shot on 2
+# CPU cores 8 tasks per call (800 images) evaluated 1.2-1.6x faster than 40
+# (docs/performance.md).
+CLASSIFY_IMAGES = 800
+# Query batches classified concurrently (threads): on 2 CPU cores ~1.25x faster than one
+# batch at a time with 2 intra-op threads, as the small kernels of one batch scale poorly.
+CLASSIFY_WORKERS = 2
 QUERY_BYTES = 256 * 2**20
 
 
@@ -101,6 +109,15 @@ def _sample_tasks(sampler: EpisodeSampler, first: int, count: int, num_batches: 
                            for name in EpisodeBatch.__dataclass_fields__})
 
 
+def _batch_accuracy(model: HyperTransformer, batch: EpisodeBatch, weights: GeneratedWeights,
+                    batch_size: int, b: int) -> torch.Tensor:
+    """The accuracy of each task of ``batch`` on its query batch ``b`` (no gradients)."""
+    chunk = slice(b * batch_size, (b + 1) * batch_size)
+    with torch.no_grad():  # per thread
+        logits = model.classify(batch.query_x[:, chunk], weights)
+    return (logits.argmax(-1) == batch.query_y[:, chunk]).float().mean(dim=1)
+
+
 def evaluate_model(model: HyperTransformer, config: Config, dataset: ClassDataset, *,
                    num_tasks: int = 1024, num_batches: int = 16, batch_size: int = 100,
                    seed: int = 0, tasks_per_call: int | None = None) -> EvalResult:
@@ -110,7 +127,9 @@ def evaluate_model(model: HyperTransformer, config: Config, dataset: ClassDatase
     ``samples_transformer``, ``balanced_batches``, ``test_*`` ...); its ``samples_cnn`` is
     replaced by ``batch_size`` as the original evaluator does.  ``tasks_per_call`` tasks share
     one ``generate`` call (default: from :data:`CLASSIFY_IMAGES` and :data:`QUERY_BYTES`); it
-    does not change the result.
+    does not change the result.  Threads: one draws the next tasks meanwhile, and
+    :data:`CLASSIFY_WORKERS` run the ``classify`` calls of a task batch concurrently (the
+    calls are independent; the result does not depend on their timing).
     """
     for name, value in [("num_tasks", num_tasks), ("num_batches", num_batches),
                         ("batch_size", batch_size)]:
@@ -123,22 +142,31 @@ def evaluate_model(model: HyperTransformer, config: Config, dataset: ClassDatase
         tasks_per_call = max(1, min(CLASSIFY_IMAGES // batch_size,
                                     QUERY_BYTES // (image_bytes * batch_size * num_batches)))
     device = next(model.parameters()).device
+    chunks = [(first, min(tasks_per_call, num_tasks - first))
+              for first in range(0, num_tasks, tasks_per_call)]
     was_training = model.training
     model.eval()
     start = time.perf_counter()
     accuracies = []
     try:
-        with torch.no_grad():
-            for first in range(0, num_tasks, tasks_per_call):
-                count = min(tasks_per_call, num_tasks - first)
-                batch = _sample_tasks(sampler, first, count, num_batches, seed).to(device)
-                weights = model.generate(batch.support_x, batch.support_y, batch.support_mask)
-                correct = torch.zeros(count, device=device)
-                for b in range(num_batches):
-                    chunk = slice(b * batch_size, (b + 1) * batch_size)
-                    logits = model.classify(batch.query_x[:, chunk], weights)
-                    hits = logits.argmax(-1) == batch.query_y[:, chunk]
-                    correct += hits.float().mean(dim=1)
+        # One thread draws the next chunk's tasks while the model runs on this one, and
+        # CLASSIFY_WORKERS threads classify the query batches of a chunk side by side.
+        with ThreadPoolExecutor(max_workers=1) as sampling, \
+                ThreadPoolExecutor(max_workers=CLASSIFY_WORKERS) as workers:
+            def draw(i: int) -> Future[EpisodeBatch]:
+                return sampling.submit(_sample_tasks, sampler, *chunks[i], num_batches, seed)
+
+            pending = draw(0)
+            for i, (_, count) in enumerate(chunks):
+                batch = pending.result().to(device)
+                if i + 1 < len(chunks):
+                    pending = draw(i + 1)
+                with torch.no_grad():
+                    weights = model.generate(batch.support_x, batch.support_y,
+                                             batch.support_mask)
+                accuracy = functools.partial(_batch_accuracy, model, batch, weights, batch_size)
+                correct = sum(workers.map(accuracy, range(num_batches)),
+                              torch.zeros(count, device=device))
                 accuracies.extend((correct / num_batches).tolist())
     finally:
         model.train(was_training)

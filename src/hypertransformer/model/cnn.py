@@ -184,9 +184,10 @@ class ConvLayer(nn.Module):
         assert e.weight is not None and e.gamma is not None and e.beta is not None
         kernel = e.weight.reshape(num_tasks * s.out_channels, s.in_channels, s.kernel, s.kernel)
         bias = None if e.bias is None else e.bias.reshape(-1)
+        padding = (0, 0)
         if s.padding == "same":
-            x = pad_same(x, s.kernel, s.stride)
-        x = F.conv2d(x, kernel, bias, stride=s.stride, groups=num_tasks)
+            x, padding = pad_same(x, s.kernel, s.stride)
+        x = F.conv2d(x, kernel, bias, stride=s.stride, padding=padding, groups=num_tasks)
         # max-pooling commutes with the (monotonic) activation: pool first, on 4x less data
         if s.maxpool:
             x = F.max_pool2d(x, s.maxpool)

@@ -25,9 +25,10 @@ class Conv2dTF(nn.Conv2d):
         self.tf_padding = padding
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.tf_padding == "same":
-            x = pad_same(x, self.kernel_size[0], self.stride[0])
-        return super().forward(x)
+        if self.tf_padding == "valid":
+            return super().forward(x)
+        x, padding = pad_same(x, self.kernel_size[0], self.stride[0])
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding)
 
 
 SHARED_EXTRACTORS = {"2-layer": (2, False), "3-layer": (3, False), "4-layer": (4, False),

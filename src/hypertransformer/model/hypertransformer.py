@@ -34,7 +34,7 @@ from hypertransformer.model.cnn import (
 )
 from hypertransformer.model.feature_extractors import SharedFeatureExtractor
 from hypertransformer.model.generator import WeightGenerator
-from hypertransformer.model.ops import from_grouped, to_grouped
+from hypertransformer.model.ops import from_grouped, grouped_to_batch, to_grouped
 
 
 @dataclass
@@ -163,6 +163,11 @@ class HyperTransformer(nn.Module):
         shared = None
         if self.shared_feature_extractor is not None:
             shared = self.shared_feature_extractor(support_x, support_mask)
+        if support_mask is not None and bool(support_mask.all()):
+            # The same result with faster kernels (no masking in attention and BatchNorm).
+            # Not for the shared extractor's BatchNorm above: F.batch_norm is less accurate
+            # there (its channels are nearly constant on Omniglot's blank background).
+            support_mask = None
         x = to_grouped(support_x)
         bn_mask = None if support_mask is None else support_mask.T
         layers: list[LayerWeights | None] = []
@@ -170,11 +175,11 @@ class HyperTransformer(nn.Module):
             w = None
             if layer.generated:
                 blocks = self.generators[f"conv{i + 1}"](
-                    from_grouped(x, t).flatten(0, 1), support_y, support_mask, shared)
+                    grouped_to_batch(x, t), support_y, support_mask, shared)
                 w = layer.decode(blocks)
             layers.append(w)
             x = layer(x, w, t, bn_mask)
-        blocks = self.generators["logits"](from_grouped(x, t).flatten(0, 1), support_y,
+        blocks = self.generators["logits"](grouped_to_batch(x, t), support_y,
                                            support_mask, shared)
         layers.append(self.logits_layer.decode(blocks))
         return GeneratedWeights(layers, shared)

@@ -27,6 +27,11 @@ def from_grouped(x: Tensor, num_tasks: int) -> Tensor:
     return x.view(m, num_tasks, tc // num_tasks, h, w).transpose(0, 1)
 
 
+def grouped_to_batch(x: Tensor, num_tasks: int) -> Tensor:
+    """[M, T·C, H, W] -> [T·M, C, H, W] (task-major), channels-last in memory."""
+    return from_grouped(x, num_tasks).flatten(0, 1).contiguous(memory_format=CHANNELS_LAST)
+
+
 def conv_output_size(size: int, kernel: int, stride: int, padding: str) -> int:
     if padding == "same":
         return -(-size // stride)
@@ -42,13 +47,15 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def pad_same(x: Tensor, kernel: int, stride: int) -> Tensor:
-    """Pads ``x`` [..., H, W] so that a valid convolution gives TF "same" output."""
+def pad_same(x: Tensor, kernel: int, stride: int) -> tuple[Tensor, tuple[int, int]]:
+    """``(x', padding)`` such that ``conv2d(x', ..., padding=padding)`` (valid convolution
+    with the symmetric ``padding``) gives TF "same" output: when TF pads symmetrically
+    ``x' = x`` and the convolution pads, which saves a copy; otherwise ``x`` is padded here."""
     top, bottom = same_padding(x.shape[-2], kernel, stride)
     left, right = same_padding(x.shape[-1], kernel, stride)
-    if top == bottom == left == right == 0:
-        return x
-    return F.pad(x, (left, right, top, bottom))
+    if top == bottom and left == right:
+        return x, (top, left)
+    return F.pad(x, (left, right, top, bottom)), (0, 0)
 
 
 def batch_norm(x: Tensor, gamma: Tensor, beta: Tensor, mask: Tensor | None = None,

@@ -1,0 +1,74 @@
+"""``benchmarks/throughput.py``: argument parsing, FLOP counting and the JSON line (a smoke test
+on a tiny run; the numbers themselves depend on the machine and are not checked)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+KEYS = {"episodes_per_s", "gflops", "peak_gflops", "ratio", "eval_s", "peak_rss_mb",
+        "sampling_episodes_per_s", "threads", "episodes_per_step"}
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_arguments(throughput):
+    args = throughput.parse_args(["--preset", "omniglot_1shot"])
+    assert (args.steps, args.eval_tasks, args.data_dir, args.json) == (50, 1024, None, False)
+    cfg = throughput.build_config(args)
+    assert cfg.episodes_per_step == 1  # the preset's
+    assert (cfg.train_dataset, cfg.test_dataset) == ("glyphs:train", "glyphs:test")
+    cfg = throughput.build_config(throughput.parse_args(
+        ["--preset", "omniglot_1shot", "--episodes-per-step", "16", "--data-dir", "/d"]))
+    assert cfg.episodes_per_step == 16
+    assert (cfg.data_dir, cfg.train_dataset) == ("/d", "omniglot:0-1149")
+    for bad in (["--steps", "0"], ["--threads", "0"], ["--episodes-per-step", "0"],
+                ["--eval-tasks", "-1"], ["--preset", "nope"]):
+        with pytest.raises(SystemExit):
+            throughput.parse_args(["--preset", "glyphs_demo", *bad])
+
+
+def test_grouped_conv_backward_counts_each_group_once(throughput):
+    """torch's formula counts a grouped conv's weight gradient ``groups`` times; ours counts
+    forward + backward = 3 × forward, grouped or not."""
+    for groups in (1, 4):
+        x = torch.randn(2, 3 * groups, 8, 8, requires_grad=True)
+        w = torch.randn(5 * groups, 3, 3, 3, requires_grad=True)
+        mapping = {torch.ops.aten.convolution_backward: throughput.conv_backward_flop}
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            F.conv2d(x, w, groups=groups).sum().backward()
+        counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+        assert counts["aten.convolution_backward"] == 2 * counts["aten.convolution"]
+
+
+def test_tiny_run_prints_json_last(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--preset", "glyphs_demo", "--episodes-per-step", "2",
+         "--steps", "2", "--warmup", "1", "--eval-tasks", "2", "--threads", "1", "--json"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert any(line.startswith("train") for line in lines[:-1])  # the human-readable report
+    result = json.loads(lines[-1])
+    assert KEYS <= set(result)
+    assert (result["threads"], result["episodes_per_step"], result["eval_tasks"]) == (1, 2, 2)
+    for key in ("episodes_per_s", "gflops", "peak_gflops", "eval_s", "peak_rss_mb",
+                "sampling_episodes_per_s"):
+        assert result[key] > 0, key
+    assert result["ratio"] == pytest.approx(result["gflops"] / result["peak_gflops"])
