@@ -12,8 +12,7 @@ Measured, in this order, all with ``--threads`` intra-op threads:
 
 * ``sampling_episodes_per_s``: episodes drawn by the training sampler alone;
 * ``episodes_per_s``: whole training steps (sampling, forward, backward, optimiser step)
-  after ``--warmup`` untimed steps; the next step's episodes are drawn in a background thread
-  as in training, unless ``--no-prefetch``;
+  after ``--warmup`` untimed steps;
 * ``gflops``: the FLOPs of one training step (``torch.utils.flop_counter.FlopCounterMode``:
   matmuls, convolutions, attention; forward and backward) times steps per second;
 * ``peak_gflops``: the best fp32 matmul rate of large square matrices, measured in the same
@@ -41,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 from hypertransformer import presets
 from hypertransformer.config import Config
 from hypertransformer.data.registry import load_split
-from hypertransformer.data.sampler import EpisodeSampler, PrefetchingSampler
+from hypertransformer.data.sampler import EpisodeSampler
 from hypertransformer.evaluation.evaluator import evaluate_model
 from hypertransformer.model import HyperTransformer
 from hypertransformer.training.trainer import build_optimizer
@@ -64,9 +63,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-tasks", type=int, default=1024,
                    help="tasks of the timed evaluation (0: skip it)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-prefetch", dest="prefetch", action="store_false",
-                   help="draw each step's episodes in the step, not ahead in a background "
-                        "thread as training does")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     args = p.parse_args(argv)
     for name in ("threads", "steps"):
@@ -135,23 +131,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                          seed=args.seed)
     model = HyperTransformer(cfg).train()
     optimizer, _ = build_optimizer(model, cfg)
-    train_sampler = PrefetchingSampler(sampler, t) if args.prefetch else sampler
 
-    def step(source: EpisodeSampler | PrefetchingSampler) -> None:
-        batch = source.sample(t)
+    def step() -> None:
+        batch = sampler.sample(t)
         out = model.loss(batch.support_x, batch.support_y, batch.query_x, batch.query_y,
                          support_mask=batch.support_mask, classes=batch.classes)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
 
-    def stop_prefetching() -> None:  # nothing draws from ``sampler`` in the background
-        if isinstance(train_sampler, PrefetchingSampler):
-            train_sampler.close()
-
     for _ in range(args.warmup):
-        step(train_sampler)
-    stop_prefetching()
+        step()
 
     start = time.perf_counter()
     for _ in range(args.steps):
@@ -160,13 +150,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     start = time.perf_counter()
     for _ in range(args.steps):
-        step(train_sampler)
+        step()
     train_s = time.perf_counter() - start
-    stop_prefetching()
 
     with FlopCounterMode(display=False, custom_mapping={
             torch.ops.aten.convolution_backward: conv_backward_flop}) as counter:
-        step(sampler)
+        step()
     flops = counter.get_total_flops()
 
     peak = peak_matmul_gflops()
@@ -183,7 +172,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "data": "glyphs" if args.data_dir is None else args.data_dir,
         "threads": args.threads,
         "episodes_per_step": t,
-        "prefetch": args.prefetch,
         "steps": args.steps,
         "episodes_per_s": t * steps_per_s,
         "step_ms": 1000 / steps_per_s,

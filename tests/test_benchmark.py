@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 KEYS = {"episodes_per_s", "gflops", "peak_gflops", "ratio", "eval_s", "peak_rss_mb",
-        "sampling_episodes_per_s", "threads", "episodes_per_step", "prefetch"}
+        "sampling_episodes_per_s", "threads", "episodes_per_step"}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,6 @@ def throughput():
 def test_arguments(throughput):
     args = throughput.parse_args(["--preset", "omniglot_1shot"])
     assert (args.steps, args.eval_tasks, args.data_dir, args.json) == (50, 1024, None, False)
-    assert args.prefetch and not throughput.parse_args(
-        ["--preset", "omniglot_1shot", "--no-prefetch"]).prefetch
     cfg = throughput.build_config(args)
     assert cfg.episodes_per_step == 1  # the preset's
     assert (cfg.train_dataset, cfg.test_dataset) == ("glyphs:train", "glyphs:test")

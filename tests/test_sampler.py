@@ -11,7 +11,7 @@ import torch
 from hypertransformer.config import Config
 from hypertransformer.data.augment import AugmentationConfig
 from hypertransformer.data.base import ClassDataset, DatasetError
-from hypertransformer.data.sampler import EpisodeBatch, EpisodeSampler, PrefetchingSampler
+from hypertransformer.data.sampler import EpisodeBatch, EpisodeSampler
 
 
 def id_dataset(counts: list[int], name: str = "ids") -> ClassDataset:
@@ -130,37 +130,6 @@ def test_same_seed_same_stream_and_state_dict_resume():
     assert torch.equal(got.support_x, expected.support_x)
     assert torch.equal(got.query_y, expected.query_y)
     assert torch.equal(got.support_mask, expected.support_mask)
-
-
-def same_batch(x: EpisodeBatch, y: EpisodeBatch) -> bool:
-    return all(torch.equal(getattr(x, f), getattr(y, f)) for f in EpisodeBatch.__dataclass_fields__)
-
-
-def test_prefetching_sampler_hands_out_the_plain_stream_and_its_state():
-    ds = id_dataset([7, 9, 8, 10, 7, 9])
-    kw = dict(unlabeled_per_class=1, max_prob_remove_labeled=0.3, seed=5)
-    plain, ahead = sampler(ds, **kw), PrefetchingSampler(sampler(ds, **kw), 4)
-    states = []
-    for _ in range(3):
-        states.append(ahead.state_dict())
-        assert torch.equal(states[-1]["generator"], plain.state_dict()["generator"])
-        assert same_batch(ahead.sample(4), plain.sample(4))
-    # The state is that of the batches handed out, not of the one drawn ahead.
-    resumed = sampler(ds, **(kw | {"seed": 0}))
-    resumed.load_state_dict(ahead.state_dict())
-    assert same_batch(resumed.sample(4), plain.sample(4))
-    # Rolling back (as an interrupted training step does) replays the stream from there.
-    ahead.load_state_dict(states[1])
-    replay = sampler(ds, **(kw | {"seed": 0}))
-    replay.load_state_dict(states[1])
-    assert same_batch(ahead.sample(4), replay.sample(4))
-    # close() leaves the wrapped sampler in the handed-out state; sampling again works.
-    ahead.close()
-    assert torch.equal(ahead.sampler.state_dict()["generator"], replay.state_dict()["generator"])
-    assert same_batch(ahead.sample(4), replay.sample(4))
-    ahead.close()
-    with pytest.raises(ValueError, match="batches of 4 episodes"):
-        ahead.sample(3)
 
 
 def test_disjoint_support_and_query_never_share_an_image():

@@ -38,7 +38,6 @@ random choice, so a seed (and :meth:`EpisodeSampler.state_dict`) reproduces the 
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -282,60 +281,3 @@ class EpisodeSampler:
         if self.augmentation.image_augmentations:
             x = augment_natural_images(x, self.augmentation, self._generator)
         return x
-
-
-class PrefetchingSampler:
-    """Draws the next ``num_episodes`` episodes in a background thread while the caller
-    trains on the current ones (the training loop's sampler).
-
-    The batches, and the stream after :meth:`load_state_dict`, are exactly those of the wrapped
-    sampler: :meth:`state_dict` is the state *before* the batch being drawn ahead, i.e. the
-    state of a sampler that has produced just the batches handed out so far.
-    """
-
-    def __init__(self, sampler: EpisodeSampler, num_episodes: int) -> None:
-        self.sampler = sampler
-        self.num_episodes = num_episodes
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: tuple[dict, Future[EpisodeBatch]] | None = None
-
-    def sample(self, num_episodes: int) -> EpisodeBatch:
-        if num_episodes != self.num_episodes:
-            raise ValueError(f"this sampler draws batches of {self.num_episodes} episodes; "
-                             f"asked for {num_episodes}")
-        if self._pending is None:
-            self._draw_ahead()
-        assert self._pending is not None
-        batch = self._pending[1].result()
-        self._draw_ahead()
-        return batch
-
-    def _draw_ahead(self) -> None:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="episodes")
-        state = self.sampler.state_dict()
-        self._pending = (state, self._pool.submit(self.sampler.sample, self.num_episodes))
-
-    def _drop_pending(self) -> None:
-        """Waits for the batch drawn ahead (so that nothing draws meanwhile) and drops it."""
-        if self._pending is not None:
-            state, future = self._pending
-            self._pending = None
-            future.exception()  # waits; an error of a dropped batch does not matter
-            self.sampler.load_state_dict(state)
-
-    def state_dict(self) -> dict:
-        if self._pending is None:
-            return self.sampler.state_dict()
-        return self._pending[0]
-
-    def load_state_dict(self, state: dict) -> None:
-        self._drop_pending()
-        self.sampler.load_state_dict(state)
-
-    def close(self) -> None:
-        """Stops drawing ahead (the state stays that of the batches handed out)."""
-        self._drop_pending()
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None

@@ -25,9 +25,7 @@ Episodes per step.  One optimiser step processes ``T = episodes_per_step`` indep
 episodes, and its loss is the *mean* of their losses, so the gradient is an average: ``lr``
 keeps its per-step meaning (T = 1 is the original), a step just sees T× the episodes and a less
 noisy gradient.  ``train_steps`` and the schedule count steps, not episodes (``episodes`` in the
-metrics counts episodes).  The next step's episodes are drawn in a background thread while
-the current step runs (:class:`~hypertransformer.data.sampler.PrefetchingSampler`); the
-episodes and the saved sampler state are those of drawing them in turn.
+metrics counts episodes).
 
 Held-out accuracy.  At each logged step a fresh batch of ``heldout_episodes`` episodes is drawn
 from the held-out split (the val range of the training dataset when it has one, else the test
@@ -87,7 +85,7 @@ from tqdm import tqdm
 from hypertransformer.config import Config
 from hypertransformer.data.base import ClassDataset
 from hypertransformer.data.registry import load_split
-from hypertransformer.data.sampler import EpisodeBatch, EpisodeSampler, PrefetchingSampler
+from hypertransformer.data.sampler import EpisodeBatch, EpisodeSampler
 from hypertransformer.data.specs import parse_spec, split_presets
 from hypertransformer.model import HyperTransformer
 from hypertransformer.training.checkpoint import (
@@ -118,7 +116,6 @@ LOG_EVERY = 100  # steps between metrics lines (the original's small-summary per
 HELDOUT_EPISODES = 32
 _HELDOUT_CHUNK = 8  # episodes per forward pass of the held-out evaluation (bounds memory)
 OPTIMIZERS = ("sgd", "adamw")
-Sampler = EpisodeSampler | PrefetchingSampler
 
 
 @dataclass
@@ -175,7 +172,7 @@ def _heldout_data(config: Config) -> ClassDataset:
     return load_split(config, "val" if ranges and "val" in ranges else "test")
 
 
-def _rng_state(samplers: dict[str, Sampler], device: torch.device) -> dict[str, Any]:
+def _rng_state(samplers: dict[str, EpisodeSampler], device: torch.device) -> dict[str, Any]:
     np_state = np.random.get_state(legacy=False)
     state = {
         "torch": torch.get_rng_state(),
@@ -190,7 +187,7 @@ def _rng_state(samplers: dict[str, Sampler], device: torch.device) -> dict[str, 
     return state
 
 
-def _set_rng_state(state: dict[str, Any], samplers: dict[str, Sampler],
+def _set_rng_state(state: dict[str, Any], samplers: dict[str, EpisodeSampler],
                    device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
@@ -245,10 +242,7 @@ class _Trainer:
         random.seed(seed)
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
-        # The next step's episodes are drawn in a background thread during this step.
-        self.train_sampler = PrefetchingSampler(rank_sampler(train_data, cfg, world.rank),
-                                                cfg.episodes_per_step)
-        self.samplers: dict[str, Sampler] = {"train_sampler": self.train_sampler}
+        self.samplers = {"train_sampler": rank_sampler(train_data, cfg, world.rank)}
         if world.main:  # rank 0 alone evaluates
             self.samplers["heldout_sampler"] = EpisodeSampler.from_config(
                 _heldout_data(cfg), cfg, train=False, seed=cfg.seed + 1)
@@ -360,7 +354,7 @@ class _Trainer:
         cfg = self.config
         start = time.perf_counter()
         self._phase = "step"
-        batch = self.train_sampler.sample(cfg.episodes_per_step).to(self.device)
+        batch = self.samplers["train_sampler"].sample(cfg.episodes_per_step).to(self.device)
         self.model.train()
         with self._autocast():
             loss_t, accuracy_t = self.loss_fn(batch, self.step)
@@ -494,7 +488,6 @@ class _Trainer:
             if self._saved_step != self.step:
                 self.save()
         finally:
-            self.train_sampler.close()
             bar.close()
             if writer is not None:
                 writer.close()
