@@ -70,6 +70,7 @@ def plot_log_dir(log_dir: str | Path, out_dir: str | Path | None = None) -> list
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
 
     rows = read_metrics(log_dir)
     records = read_records(log_dir)
@@ -111,6 +112,9 @@ def plot_log_dir(log_dir: str | Path, out_dir: str | Path | None = None) -> list
             ax_acc.axhline(1.0 / num_labels, color="gray", linestyle="--",
                            label=f"chance (1/{num_labels})")
         ax_acc.set(xlabel=label, ylabel="accuracy", title="Accuracy")
+        if x == "episodes":  # 150k, 1.5M: long tick labels would run into each other
+            for ax in (ax_loss, ax_acc):
+                ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax_acc.grid(alpha=0.3)
         ax_acc.legend()
         ax_loss.grid(alpha=0.3)
