@@ -32,6 +32,7 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -122,23 +123,31 @@ def peak_matmul_gflops(size: int = PEAK_SIZE, seconds: float = PEAK_SECONDS) -> 
     return best
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    cfg = build_config(args)
-    t = cfg.episodes_per_step
-    sampler = EpisodeSampler.from_config(load_split(cfg, "train"), cfg, train=True,
-                                         seed=args.seed)
+def training_step(cfg: Config, seed: int) -> tuple[Callable[[], None], EpisodeSampler,
+                                                   HyperTransformer]:
+    """``(step, sampler, model)``: ``step()`` is one training step of ``cfg`` (sampling,
+    forward, backward, optimiser step) on a fresh model."""
+    torch.manual_seed(seed)
+    sampler = EpisodeSampler.from_config(load_split(cfg, "train"), cfg, train=True, seed=seed)
     model = HyperTransformer(cfg).train()
     optimizer, _ = build_optimizer(model, cfg)
 
     def step() -> None:
-        batch = sampler.sample(t)
+        batch = sampler.sample(cfg.episodes_per_step)
         out = model.loss(batch.support_x, batch.support_y, batch.query_x, batch.query_y,
                          support_mask=batch.support_mask, classes=batch.classes)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
+
+    return step, sampler, model
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    cfg = build_config(args)
+    t = cfg.episodes_per_step
+    step, sampler, model = training_step(cfg, args.seed)
 
     for _ in range(args.warmup):
         step()

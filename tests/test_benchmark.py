@@ -72,3 +72,16 @@ def test_tiny_run_prints_json_last(tmp_path):
                 "sampling_episodes_per_s"):
         assert result[key] > 0, key
     assert result["ratio"] == pytest.approx(result["gflops"] / result["peak_gflops"])
+
+
+def test_profile_step_prints_per_operator_times():
+    script = SCRIPT.with_name("profile_step.py")
+    out = subprocess.run(
+        [sys.executable, str(script), "--preset", "glyphs_demo", "--episodes-per-step", "2",
+         "--steps", "1", "--rows", "4"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("glyphs_demo, 2 episodes/step, 1 thread(s): self CPU time")
+    assert lines[1].split() == ["operator", "ms/step", "calls/step"]
+    assert len(lines) == 2 + 4
+    assert all(float(line.split()[-2]) >= 0 for line in lines[2:])

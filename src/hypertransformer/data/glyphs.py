@@ -345,7 +345,7 @@ def load_glyphs(image_size: int = 28, channels: int = 1, seed: int = 0) -> Class
     """The glyphs dataset: ``NUM_CLASSES`` classes of uint8 [20, image_size, image_size,
     channels], ink 255 on 0, class names like ``"U+0041 A"``.
 
-    Rendered on first use (about 20 s) and cached under ``cache_dir()``.
+    Rendered on first use (10-20 s) and cached under ``cache_dir()``.
     """
     if channels not in (1, 3):
         raise DatasetError(f"glyphs has 1 or 3 channels; asked for channels={channels}")
