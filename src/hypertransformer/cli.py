@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from hypertransformer.errors import run
+
 # Modules that define ``register(subparsers)``; each adds one or more subcommands.
 _COMMAND_MODULES = [
     "hypertransformer.data.cli",
@@ -30,12 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The exit code: 0 done, 2 an expected error (one line on stderr), 130 Ctrl-C
+    (:mod:`hypertransformer.errors`)."""
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:  # bad input: a message, not a traceback
-        print(f"hypertransformer {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    words = [args.command, getattr(args, f"{args.command}_command", None)]  # "data info"
+    prog = " ".join(["hypertransformer", *filter(None, words)])
+    return run(prog, lambda: int(args.func(args) or 0))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ changes the model (e.g. ``--num_labels``) differently from the checkpoint is an 
 flags (``--data_dir``, ``--data_numpy_dir``), protocol and ``test_*`` augmentation flags apply.
 ``--seed`` picks the evaluation tasks (default 0).  Unlike the original, which keeps waiting
 for new checkpoints, this evaluates once; ``hypertransformer evaluate --watch`` follows a
-running training.  Exit codes: 0 done, 2 bad flags, data or checkpoint.
+running training.  Exit codes: 0 done, 2 bad flags, data or checkpoint, 130 Ctrl-C
+(:mod:`hypertransformer.errors`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 
 from hypertransformer.config import Config, field_names
 from hypertransformer.data.base import DatasetError
+from hypertransformer.errors import run
 from hypertransformer.evaluation.cli import describe
 from hypertransformer.evaluation.evaluator import (
     SPLITS,
@@ -36,33 +38,33 @@ from hypertransformer.training.checkpoint import load_checkpoint, resolve_checkp
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        given = parse_flags(argv)
-        checkpoint = resolve_checkpoint(given.train_log_dir)
-        saved = load_checkpoint(checkpoint)["config"]
-        base = Config.from_dict({k: v for k, v in saved.items() if k in set(field_names())})
-        config = parse_flags(argv, base=base)
-        if config.eval_datasets:
-            config = config.replace(train_dataset=f"{config.eval_datasets}:train",
-                                    test_dataset=f"{config.eval_datasets}:test")
-        overrides = {name: getattr(config, name) for name in field_names()
-                     if getattr(config, name) != getattr(base, name)}
-        for split in SPLITS:
-            try:
-                record = evaluate_checkpoint(checkpoint, split, seed=given.seed,
-                                             overrides=overrides)
-            except DatasetError as e:
-                if split != "val":
-                    raise
-                print(f"no val split ({e}); skipped")
-                continue
-            path = save_record(log_dir_of(checkpoint), record)
-            print(describe(record))
-            print(f"wrote {path}", flush=True)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"hypertransformer.evaluate: error: {e}", file=sys.stderr)
-        return 2
+    return run("hypertransformer.evaluate",
+               lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
+    given = parse_flags(argv)
+    checkpoint = resolve_checkpoint(given.train_log_dir)
+    saved = load_checkpoint(checkpoint)["config"]
+    base = Config.from_dict({k: v for k, v in saved.items() if k in set(field_names())})
+    config = parse_flags(argv, base=base)
+    if config.eval_datasets:
+        config = config.replace(train_dataset=f"{config.eval_datasets}:train",
+                                test_dataset=f"{config.eval_datasets}:test")
+    overrides = {name: getattr(config, name) for name in field_names()
+                 if getattr(config, name) != getattr(base, name)}
+    for split in SPLITS:
+        try:
+            record = evaluate_checkpoint(checkpoint, split, seed=given.seed,
+                                         overrides=overrides)
+        except DatasetError as e:
+            if split != "val":
+                raise
+            print(f"no val split ({e}); skipped")
+            continue
+        path = save_record(log_dir_of(checkpoint), record)
+        print(describe(record))
+        print(f"wrote {path}", flush=True)
     return 0
 
 
