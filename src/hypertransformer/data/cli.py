@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hypertransformer.errors import require_directory, require_positive
+
 if TYPE_CHECKING:
     from hypertransformer.data.base import ClassDataset
     from hypertransformer.data.sampler import EpisodeBatch
@@ -59,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _download(args: argparse.Namespace) -> int:
     from hypertransformer.data.download import OFFICIAL_URL, download_omniglot
 
+    require_directory(args.dest, "--dest")
     path = download_omniglot(args.dest, base_url=args.url or OFFICIAL_URL)
     print(f"Omniglot zips checked and ready in {path}; use --data-dir {path}")
     return 0
@@ -89,12 +92,10 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from hypertransformer.data.base import DatasetError
     from hypertransformer.data.sampler import EpisodeSampler
 
-    for name in ("ways", "shots", "queries", "episodes"):
-        if getattr(args, name) < 1:
-            raise DatasetError(f"--{name} must be at least 1; got {getattr(args, name)}")
+    require_positive(ways=args.ways, shots=args.shots, queries=args.queries,
+                     episodes=args.episodes)
     ds = _load(args)
     sampler = EpisodeSampler(ds, num_labels=args.ways, support_size=args.ways * args.shots,
                              query_size=args.ways * args.queries, seed=args.seed)

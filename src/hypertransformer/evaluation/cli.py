@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hypertransformer.errors import require_directory, require_positive
+
 # Default protocol of the demo: the glyphs_demo preset's 256 tasks, 4 query batches of 100.
 DEMO_TASKS = 256
 DEMO_BATCHES = 4
@@ -115,6 +117,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         watch,
     )
 
+    require_positive(tasks=args.tasks, batches=args.batches, batch_size=args.batch_size)
     overrides = {k: v for k, v in [("num_task_evals", args.tasks),
                                    ("num_eval_batches", args.batches),
                                    ("eval_batch_size", args.batch_size),
@@ -139,6 +142,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from hypertransformer.evaluation.plot import plot_log_dir
 
+    if args.out is not None:
+        require_directory(args.out, "--out")
     for path in plot_log_dir(args.log_dir, args.out):
         print(path)
     return 0
@@ -150,8 +155,10 @@ def _demo(args: argparse.Namespace) -> int:
     from hypertransformer.evaluation.plot import read_metrics
     from hypertransformer.training import latest_checkpoint, train
 
-    if args.minutes <= 0 or args.tasks < 1:
-        raise ValueError("--minutes must be positive and --tasks at least 1")
+    if args.minutes <= 0:
+        raise ValueError(f"--minutes must be positive; got {args.minutes:g}")
+    require_positive(tasks=args.tasks)
+    require_directory(args.log_dir, "--log-dir")
     start = time.monotonic()
     log_dir = Path(args.log_dir)
     config = presets.load("glyphs_demo", seed=args.seed, train_log_dir=str(log_dir))

@@ -5,7 +5,8 @@ Under ``torchrun --nproc_per_node=P --no-python hypertransformer train ...`` (or
 (docs/distributed.md); only rank 0 prints the summary.
 
 Exit codes: 0 when ``train_steps`` are done; 130 when stopped by Ctrl-C (a checkpoint was
-saved, see :mod:`.trainer`; run the same command to resume); 2 for bad input.
+saved, see :mod:`.trainer`; run the same command to resume); 2 for bad input or a diverged run
+(:mod:`hypertransformer.errors`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import sys
 from typing import TYPE_CHECKING
 
 from hypertransformer import presets
+from hypertransformer.errors import INTERRUPTED_EXIT_CODE, require_directory, require_positive
 
 if TYPE_CHECKING:
     from hypertransformer.training.trainer import TrainResult
-
-INTERRUPTED_EXIT_CODE = 130
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,15 +58,17 @@ def _train(args: argparse.Namespace) -> int:
     from hypertransformer.flags import apply_overrides
     from hypertransformer.training.trainer import LOG_EVERY, train
 
+    require_positive(log_every=args.log_every, episodes_per_step=args.episodes_per_step)
     config = apply_overrides(presets.load(args.preset), args.overrides)
     named = {"data_dir": args.data_dir, "train_log_dir": args.log_dir,
              "train_steps": args.steps, "episodes_per_step": args.episodes_per_step,
              "seed": args.seed, "device": args.device,
              "mixed_precision": args.mixed_precision}
     config = config.replace(**{k: v for k, v in named.items() if v is not None})
+    require_directory(config.train_log_dir, "--log-dir")
     try:
         result = train(config, config.train_log_dir, progress=not args.no_progress,
-                       log_every=args.log_every or LOG_EVERY)
+                       log_every=LOG_EVERY if args.log_every is None else args.log_every)
     except KeyboardInterrupt:
         return aborted()
     return report(result)
