@@ -13,6 +13,7 @@ when ``<log_dir>/config.json`` gives ``N``):
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +24,57 @@ from hypertransformer.evaluation.evaluator import EVAL_DIR
 PLOT_DIR = "plots"
 
 
+# Keys the figures need on every metrics line.
+METRICS_KEYS = ("step", "episodes", "wall_time")
+
+
 def read_metrics(log_dir: str | Path) -> list[dict[str, Any]]:
+    """The lines of ``<log_dir>/metrics.jsonl``.  A half-written last line (a run in progress,
+    or killed) is left out with a warning on stderr; a bad line before it is a ValueError."""
     path = Path(log_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (is {log_dir} a training log dir?)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1)
+             if line.strip()]
+    rows = []
+    for n, line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            if n == lines[-1][0]:
+                print(f"warning: {path}: line {n} is incomplete (a run in progress?); "
+                      f"plotting the {len(rows)} lines before it", file=sys.stderr)
+                break
+            raise ValueError(f"{path}: line {n} is not JSON ({e}); delete or repair that "
+                             f"line") from e
+        if not (isinstance(row, dict) and all(k in row for k in METRICS_KEYS)):
+            raise ValueError(f"{path}: line {n} is not a metrics line (it lacks one of "
+                             f"{', '.join(METRICS_KEYS)}); delete or repair that line")
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path} has no metrics yet")
     return rows
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not JSON ({e}); delete it or write it again") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is not a JSON object; delete it or write it again")
+    return value
+
+
 def read_records(log_dir: str | Path) -> list[dict[str, Any]]:
     """The evaluation records of ``log_dir``, sorted by split and step."""
-    paths = sorted((Path(log_dir) / EVAL_DIR).glob("*.json"))
-    records = [json.loads(p.read_text()) for p in paths]
+    records = []
+    for path in sorted((Path(log_dir) / EVAL_DIR).glob("*.json")):
+        record = _read_json(path)
+        if not all(k in record for k in ("split", "step", "accuracy", "ci95")):
+            raise ValueError(f"{path} is not an evaluation record; delete it or evaluate "
+                             f"that checkpoint again")
+        records.append(record)
     return sorted(records, key=lambda r: (r["split"], r["step"]))
 
 
@@ -78,8 +116,7 @@ def plot_log_dir(log_dir: str | Path, out_dir: str | Path | None = None) -> list
     out.mkdir(parents=True, exist_ok=True)
     steps = np.array([r["step"] for r in rows], dtype=float)
     config_path = Path(log_dir) / "config.json"
-    num_labels = json.loads(config_path.read_text()).get("num_labels") if (
-        config_path.is_file()) else None
+    num_labels = _read_json(config_path).get("num_labels") if config_path.is_file() else None
 
     unit, scale = _time_unit(max(r["wall_time"] for r in rows))
     paths = []
