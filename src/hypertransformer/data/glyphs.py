@@ -321,10 +321,12 @@ def _read_cache(image_size: int, seed: int) -> tuple[np.ndarray, list[str]] | No
     try:
         names = json.loads(meta.read_text(encoding="utf-8"))["class_names"]
         images = np.load(npy)
-    except (OSError, ValueError, KeyError):
+    except Exception:  # damaged bytes raise many types (e.g. TokenError from the header)
         return None  # damaged: render again
     expected = (NUM_CLASSES, SAMPLES_PER_CLASS, image_size, image_size)
-    if images.shape != expected or images.dtype != np.uint8 or len(names) != NUM_CLASSES:
+    if (not isinstance(images, np.ndarray) or images.shape != expected
+            or images.dtype != np.uint8 or not isinstance(names, list)
+            or len(names) != NUM_CLASSES or not all(isinstance(n, str) for n in names)):
         return None
     return images, names
 

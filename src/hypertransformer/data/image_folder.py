@@ -28,6 +28,9 @@ def load_image_folder(root: str | Path, image_size: int = 28, channels: int = 1)
     """Every class folder of ``root`` as uint8 ``[n, image_size, image_size, channels]``."""
     check_image_args(image_size, channels)
     root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"image folder {root} is a file, not a folder; expected "
+                           f"root/<class>/<images>")
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist; expected root/<class>/<images>")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -49,6 +52,6 @@ def _read(file: Path, image_size: int, channels: int) -> np.ndarray:
     try:
         with Image.open(file) as im:
             pixels = np.asarray(im.convert("L" if channels == 1 else "RGB"))
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise DatasetError(f"cannot read image {file}: {e}") from e
     return fit_images(pixels.reshape(1, *pixels.shape[:2], channels), image_size, channels)

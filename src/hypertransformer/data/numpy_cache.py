@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from hypertransformer.data.base import ClassDataset, DatasetError
 
 _RESIZE_CHUNK = 512  # images per interpolate call, bounds the float32 working memory
+_NPY_MAGIC = b"\x93NUMPY"  # how every .npy file begins
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's "L"
 
 
@@ -99,6 +100,9 @@ def find_numpy_cache(data_numpy_dir: str | Path | None, name: str) -> Path | Non
     """``<dir>/<name>.npy`` or ``<dir>/<name>/`` if either exists (the file wins), else None."""
     if not data_numpy_dir:
         return None
+    if Path(data_numpy_dir).exists() and not Path(data_numpy_dir).is_dir():
+        raise DatasetError(f"data_numpy_dir {data_numpy_dir} is a file, not a folder; give the "
+                           f"folder that holds <name>.npy or <name>/")
     dense, folder = Path(data_numpy_dir) / f"{name}.npy", Path(data_numpy_dir) / name
     if dense.is_file():
         return dense
@@ -106,7 +110,10 @@ def find_numpy_cache(data_numpy_dir: str | Path | None, name: str) -> Path | Non
 
 
 def load_numpy_cache(path: str | Path, image_size: int = 28, channels: int = 1) -> ClassDataset:
-    """A dense ``<name>.npy`` or a ``<name>/`` folder of per-class arrays (module docstring)."""
+    """A dense ``<name>.npy`` or a ``<name>/`` folder of per-class arrays (module docstring).
+
+    Any file that cannot be read or used raises :class:`DatasetError` naming it.
+    """
     check_image_args(image_size, channels)
     path = Path(path)
     if path.is_dir():
@@ -117,12 +124,24 @@ def load_numpy_cache(path: str | Path, image_size: int = 28, channels: int = 1) 
         classes, names = [], []
         for file in files:
             records = _load(file, allow_pickle=True)
+            if records.dtype == object and records.ndim != 1:
+                raise DatasetError(f"{file}: expected a 1-d object array of per-class image "
+                                   f"arrays, got an object array of shape "
+                                   f"{tuple(records.shape)}"
+                                   + (" (a single saved object, such as a dict)"
+                                      if records.ndim == 0 else ""))
             if records.dtype != object and records.ndim not in (4, 5):
                 raise DatasetError(f"{file}: expected an object array of per-class image "
                                    f"arrays, got {records.dtype} {tuple(records.shape)}")
+            if len(records) == 0:
+                raise DatasetError(f"{file} holds no classes (an empty array)")
             for j, record in enumerate(records):
                 where = f"{file}[{j}]"
-                classes.append(_class_images(np.asarray(record), where, image_size, channels))
+                try:
+                    images = np.asarray(record)
+                except (ValueError, TypeError) as e:  # e.g. a ragged list of arrays
+                    raise DatasetError(f"{where}: a class is not one array: {e}") from e
+                classes.append(_class_images(images, where, image_size, channels))
                 names.append(f"{file.name}[{j}]")
     elif path.is_file():
         name = path.stem
@@ -132,6 +151,8 @@ def load_numpy_cache(path: str | Path, image_size: int = 28, channels: int = 1) 
         if data.ndim != 5:
             raise DatasetError(f"{path}: a dense cache is [classes, samples, H, W(, C)], got "
                                f"shape {tuple(data.shape)}")
+        if len(data) == 0:
+            raise DatasetError(f"{path} holds no classes (shape {tuple(data.shape)})")
         classes = [_class_images(c, f"{path}[{i}]", image_size, channels)
                    for i, c in enumerate(data)]
         names = [str(i) for i in range(len(classes))]
@@ -141,17 +162,32 @@ def load_numpy_cache(path: str | Path, image_size: int = 28, channels: int = 1) 
 
 
 def _load(file: Path, allow_pickle: bool) -> np.ndarray:
+    """The array of one ``.npy`` file; any failure to read it is a ``DatasetError`` naming it."""
     try:
-        return np.load(file, allow_pickle=allow_pickle)
+        with open(file, "rb") as f:
+            magic = f.read(len(_NPY_MAGIC))
+    except OSError as e:
+        raise DatasetError(f"cannot read numpy cache {file}: {e}") from e
+    if magic != _NPY_MAGIC:
+        raise DatasetError(f"{file} is not a .npy file (it lacks the NumPy header: an .npz "
+                           f"archive, a plain pickle, another format or an empty file?)")
+    try:
+        data = np.load(file, allow_pickle=allow_pickle)
     except ValueError as e:
         if not allow_pickle and "allow_pickle" in str(e):
             raise DatasetError(f"{file} is an object array; a dense cache must be numeric "
                                f"[classes, samples, H, W(, C)] (put per-class arrays into a "
                                f"folder {file.with_suffix('')}/ instead)") from e
         raise DatasetError(f"cannot read numpy cache {file}: {e}") from e
-    except (OSError, EOFError) as e:
-        raise DatasetError(f"cannot read numpy cache {file} (truncated or not a .npy "
-                           f"file?): {e}") from e
+    except Exception as e:
+        # Damaged bytes make the header parser and the unpickler raise nearly any type
+        # (UnpicklingError, EOFError, TokenError, AttributeError, ModuleNotFoundError,
+        # MemoryError, RuntimeError, ...); each means this one file is unreadable.
+        raise DatasetError(f"cannot read numpy cache {file} (truncated or corrupt?): "
+                           f"{type(e).__name__}: {e}") from e
+    if not isinstance(data, np.ndarray):  # an object header whose pickle is not an array
+        raise DatasetError(f"{file} holds a {type(data).__name__}, not a NumPy array")
+    return data
 
 
 def _class_images(arr: np.ndarray, where: str, image_size: int, channels: int) -> np.ndarray:
@@ -162,4 +198,6 @@ def _class_images(arr: np.ndarray, where: str, image_size: int, channels: int) -
                            f"shape {tuple(arr.shape)}")
     if len(arr) == 0:
         raise DatasetError(f"{where}: class has no images")
+    if min(arr.shape[1:3]) == 0:
+        raise DatasetError(f"{where}: images of size {arr.shape[1]}x{arr.shape[2]}")
     return fit_images(to_uint8(arr, where), image_size, channels)

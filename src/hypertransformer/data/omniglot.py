@@ -36,6 +36,7 @@ import re
 import tempfile
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,11 @@ OMNIGLOT_DIR_ENV = "HT_OMNIGLOT_DIR"
 _CACHE_VERSION = 1  # bump when the decoded pixels change
 _MEMBER = re.compile(r"(?:.*/)?([^/]+)/([^/]+)/(\d{4})_(\d{2})\.png")
 _CHARS_PER_BATCH = 64
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+# What reading one member (zip or file) and decoding its PNG raise on damaged bytes:
+# NotImplementedError (unknown compression or zip feature), RuntimeError (a member flagged
+# encrypted), DecompressionBombError (a header claiming a huge image), and the usual ones.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zipfile.BadZipFile, zlib.error,
+                  NotImplementedError, RuntimeError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,9 @@ class Source:
             self.path = zip_path
         elif folder.is_dir():
             self.path = folder
+        elif folder.exists():
+            raise DatasetError(f"{folder} is a file, not the extracted folder {part}/; "
+                               f"expected {part}.zip or {part}/<Alphabet>/characterNN/NNNN_YY.png")
         else:
             raise DatasetError(
                 f"Omniglot not found in {root}: expected {part}.zip or the extracted folder "
@@ -112,7 +120,7 @@ class Source:
         """The open zip (closed when the Source is garbage-collected)."""
         try:
             return zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
             raise DatasetError(f"{self.path} is not a readable zip (truncated or corrupt "
                                f"download?): {e}. Delete it and download it again") from e
 
@@ -167,6 +175,10 @@ def omniglot_dir(data_dir: str | Path | None = None) -> Path:
                            f"${OMNIGLOT_DIR_ENV} to the directory with images_background.zip "
                            f"and images_evaluation.zip")
     root = Path(chosen).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"Omniglot directory {root} is a file, not a folder; pass the "
+                           f"directory that holds images_background.zip and "
+                           f"images_evaluation.zip")
     if not root.is_dir():
         raise DatasetError(f"Omniglot directory {root} does not exist; pass the directory "
                            f"that holds images_background.zip and images_evaluation.zip")
@@ -185,7 +197,7 @@ def load_omniglot(data_dir: str | Path | None = None, image_size: int = 28,
         + [s.fingerprint() for s in sources]).encode()).hexdigest()[:20]
     npy = cache_dir() / f"omniglot_{image_size}px_{channels}ch_{key}.npy"
     js = npy.with_suffix(".json")
-    images, names = _read_cache(npy, js)
+    images, names = _read_cache(npy, js, (image_size, image_size, channels))
     if images is None:
         images, names = _decode(sources, image_size, channels)
         _atomic_write(js, lambda f: f.write(json.dumps(names).encode()))
@@ -208,10 +220,9 @@ def _decode(sources: list[Source], image_size: int,
     for source, chars in zip(sources, indexes, strict=True):
         for start in range(0, len(chars), _CHARS_PER_BATCH):  # batched: fewer resize calls
             batch = chars[start:start + _CHARS_PER_BATCH]
-            drawings = [_decode_png(source, m) for ch in batch for m in ch.members]
-            if len({d.shape for d in drawings}) != 1:
-                raise DatasetError(f"{source.path}: the drawings differ in size: "
-                                   f"{sorted({d.shape for d in drawings})}")
+            members = [m for ch in batch for m in ch.members]
+            drawings = [_decode_png(source, m) for m in members]
+            _check_sizes(source, members, drawings)
             ink = fit_images(255 - np.stack(drawings)[..., None], image_size, channels)
             first = batch[0].char_id - 1
             out[first:first + len(batch)] = ink.reshape(len(batch), *out.shape[1:])
@@ -227,15 +238,31 @@ def _decode_png(source: Source, member: str) -> np.ndarray:
                            f"replace it (download Omniglot again)") from e
 
 
-def _read_cache(npy: Path, js: Path) -> tuple[np.ndarray | None, list[str]]:
+def _check_sizes(source: Source, members: list[str], drawings: list[np.ndarray]) -> None:
+    """All drawings of a batch must share one size; name a member of another size."""
+    sizes = Counter(d.shape for d in drawings)
+    if len(sizes) > 1:
+        usual = sizes.most_common(1)[0][0]
+        odd, size = next((m, d.shape) for m, d in zip(members, drawings, strict=True)
+                         if d.shape != usual)
+        raise DatasetError(f"{source.path}: {odd} is {size[1]}x{size[0]} pixels, the other "
+                           f"drawings {usual[1]}x{usual[0]}; the file is damaged, replace it "
+                           f"(download Omniglot again)")
+
+
+def _read_cache(npy: Path, js: Path,
+                shape: tuple[int, int, int]) -> tuple[np.ndarray | None, list[str]]:
+    """The cached images and names, or (None, []) when absent or unusable (then rebuilt)."""
     if not (npy.is_file() and js.is_file()):
         return None, []
     try:
         names = json.loads(js.read_text())
         images = np.load(npy)
-    except (OSError, ValueError, EOFError):
+    except Exception:  # damaged bytes raise many types (e.g. TokenError from the header)
         return None, []  # a damaged cache is rebuilt
-    if images.dtype != np.uint8 or images.ndim != 5 or len(images) != len(names):
+    if (not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 5
+            or not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+            or len(images) != len(names) or images.shape[2:] != shape):
         return None, []
     return images, names
 
