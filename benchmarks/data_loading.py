@@ -5,6 +5,7 @@ Usage::
     python benchmarks/data_loading.py [--omniglot-dir ../shared/data/omniglot] [--threads 1]
 
 Uses a fresh, temporary cache folder (``HT_CACHE_DIR``), so the first loads do the full work.
+The episode sampler's speed: ``benchmarks/sampler_speed.py``.
 """
 
 from __future__ import annotations

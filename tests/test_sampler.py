@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -305,29 +303,3 @@ def test_limits_that_fit_exactly_are_accepted():
     sampler(ds, num_labels=3, support_size=3, query_size=6, balanced=False).sample(2)  # 3
     with pytest.raises(DatasetError, match="num_episodes and query_batches must be at least 1"):
         sampler(ds).sample(0)
-
-
-def test_speed_report():
-    """Prints episodes/s of the Omniglot 1-shot shape (20-way, S=20, Q=60, 28x28) with one
-    torch thread and with the default thread count; not asserted (the CPU may be shared)."""
-    rng = np.random.default_rng(0)
-    ds = ClassDataset("speed", [rng.integers(0, 256, (20, 28, 28, 1), np.uint8)
-                                for _ in range(1150)], [str(i) for i in range(1150)])
-    rot90 = AugmentationConfig(random_rotate_by_90=True, per_label=True)
-    default_threads = torch.get_num_threads()
-    try:
-        for threads in sorted({1, default_threads}):
-            torch.set_num_threads(threads)
-            for name, aug in [("no augmentation", None), ("rot90 per label", rot90)]:
-                s = EpisodeSampler(ds, num_labels=20, support_size=20, query_size=60,
-                                   augmentation=aug)
-                s.sample(16)
-                start, batches = time.perf_counter(), 10
-                for _ in range(batches):
-                    s.sample(16)
-                rate = 16 * batches / (time.perf_counter() - start)
-                print(f"\nsampler, T=16 N=20 S=20 Q=60 28x28, {name}, {threads} thread(s): "
-                      f"{rate:.0f} episodes/s")
-                assert rate > 0
-    finally:
-        torch.set_num_threads(default_threads)
