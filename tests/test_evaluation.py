@@ -38,10 +38,10 @@ def toy_cache(root: Path) -> Path:
 
 def toy_config(numpy_dir: Path, **overrides) -> Config:
     """A small glyphs_demo-shaped 5-way 1-shot config on the toy cache."""
-    return presets.load(
-        "glyphs_demo", train_dataset="toy:0-6", test_dataset="toy:7-11", eval_datasets="",
-        data_numpy_dir=str(numpy_dir), num_task_evals=3, num_eval_batches=2,
-        eval_batch_size=10, steps_between_saves=2, train_steps=4, **overrides)
+    settings = dict(train_dataset="toy:0-6", test_dataset="toy:7-11", eval_datasets="",
+                    data_numpy_dir=str(numpy_dir), num_task_evals=3, num_eval_batches=2,
+                    eval_batch_size=10, steps_between_saves=2, train_steps=4)
+    return presets.load("glyphs_demo", **(settings | overrides))
 
 
 def class_of(x: torch.Tensor) -> torch.Tensor:
@@ -60,11 +60,13 @@ class StubModel(nn.Module):
         self.dummy = nn.Parameter(torch.zeros(()))
         self.num_labels, self.right_batches = num_labels, right_batches
         self.generated: list[tuple[torch.Tensor, object]] = []
+        self.masks: list[torch.Tensor | None] = []  # the support_mask of every generate call
         self.classified: list[tuple[torch.Tensor, object]] = []
         self.modes: list[tuple[bool, bool]] = []  # (training, grad enabled) per call
 
     def generate(self, support_x, support_y, support_mask=None):
         self.modes.append((self.training, torch.is_grad_enabled()))
+        self.masks.append(support_mask)
         lookup = torch.full((support_x.shape[0], NUM_CLASSES), -1)
         lookup.scatter_(1, class_of(support_x), support_y)
         weights = {"lookup": lookup, "calls": 0}
@@ -174,6 +176,76 @@ def test_bad_protocol_sizes(toy_test):
     cfg, data = toy_test
     with pytest.raises(ValueError, match="num_batches"):
         evaluate_model(StubModel(cfg.num_labels, 1), cfg, data, num_batches=0)
+
+
+# ---- evaluation mode and one augmentation state per task (SPEC §8 trap 7) ------------------
+
+def marked(c: int) -> np.ndarray:
+    """Class ``c``'s image: 10c + 5 with an off-centre bar of 255, so that its four quarter
+    turns differ while pixel (0, 0), read by :func:`class_of`, keeps the class."""
+    image = np.full((28, 28), 10 * c + 5, np.uint8)
+    image[2:5, 10:14] = 255
+    return image
+
+
+def quarter_turns(x: torch.Tensor) -> int:
+    """The k of a normalised image [1, 28, 28] that is ``np.rot90(marked(class), k)``."""
+    pixels = ((x[0] + 1) * 128).round().numpy()
+    original = marked(int(class_of(x)))
+    turns = [k for k in range(4) if np.array_equal(np.rot90(original, k), pixels)]
+    assert len(turns) == 1, "not a quarter turn of its class image"
+    return turns[0]
+
+
+@pytest.fixture(scope="module")
+def marked_dir(tmp_path_factory) -> Path:
+    """``marked.npy``: 12 classes x 12 samples, every sample of class c is ``marked(c)``."""
+    root = tmp_path_factory.mktemp("marked")
+    np.save(root / "marked.npy", np.stack([np.stack([marked(c)] * 12)
+                                           for c in range(NUM_CLASSES)]))
+    return root
+
+
+def marked_config(marked_dir: Path, **overrides) -> tuple[Config, object]:
+    cfg = toy_config(marked_dir, train_dataset="marked:0-6", test_dataset="marked:7-11",
+                     **overrides)
+    return cfg, load_dataset(cfg.test_dataset, data_numpy_dir=cfg.data_numpy_dir)
+
+
+def test_one_augmentation_state_per_task_for_its_support_and_all_query_batches(marked_dir):
+    """Test-time per-label rot90: every query image of a task, in each of its query batches,
+    is turned like the support image of its class (one state per task, trap 7)."""
+    cfg, data = marked_config(marked_dir, random_rotate_by_90=False,
+                              per_label_augmentation=False, test_random_rotate_by_90=True,
+                              test_per_label_augmentation=True)
+    stub = StubModel(cfg.num_labels, right_batches=3)
+    evaluate_model(stub, cfg, data, num_tasks=6, num_batches=3, batch_size=10, tasks_per_call=2)
+    assert len(stub.classified) == 3 * 3
+    turns_seen = set()
+    for query_x, weights in stub.classified:
+        support_x = next(s for s, w in stub.generated if w is weights)
+        for task in range(support_x.shape[0]):
+            support_turns = {int(class_of(x)): quarter_turns(x) for x in support_x[task]}
+            assert [quarter_turns(x) for x in query_x[task]] == [
+                support_turns[int(class_of(x))] for x in query_x[task]]
+            turns_seen.update(support_turns.values())
+    assert len(turns_seen) > 1  # the test-time augmentation is on (and not the training one)
+
+
+def test_evaluation_samples_in_evaluation_mode(marked_dir):
+    """The training-only settings (random removal of support samples, the training
+    augmentation: per-label rot90 in glyphs_demo) are off: the evaluator's sampler is built
+    with ``train=False``."""
+    cfg, data = marked_config(marked_dir, max_prob_remove_labeled=1.0,
+                              max_prob_remove_unlabeled=1.0)
+    assert cfg.random_rotate_by_90 and not cfg.test_random_rotate_by_90
+    stub = StubModel(cfg.num_labels, right_batches=2)
+    evaluate_model(stub, cfg, data, num_tasks=8, num_batches=2, batch_size=10, tasks_per_call=4)
+    assert len(stub.masks) == 2
+    assert all(mask is None or bool(mask.all()) for mask in stub.masks)  # nothing removed
+    images = [x for support_x, _ in stub.generated for x in support_x.flatten(0, 1)]
+    images += [x for query_x, _ in stub.classified for x in query_x.flatten(0, 1)]
+    assert {quarter_turns(x) for x in images} == {0}  # no training augmentation
 
 
 # ---- a real model -----------------------------------------------------------------------
