@@ -268,6 +268,95 @@ def test_everything_built_in_init_and_registered():
     assert out.dtype == torch.float64
 
 
+def reachable_parameters(obj: object, seen: set[int] | None = None) -> dict[int, nn.Parameter]:
+    """Every parameter reachable from ``obj`` through module attributes, including plain
+    Python lists, tuples and dicts of modules or parameters (which ``nn.Module`` would not
+    register), by id."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return {}
+    seen.add(id(obj))
+    if isinstance(obj, nn.Parameter):
+        return {id(obj): obj}
+    if isinstance(obj, nn.Module):
+        children: list[object] = list(vars(obj).values())
+    elif isinstance(obj, dict):
+        children = list(obj.values())
+    elif isinstance(obj, list | tuple | set):
+        children = list(obj)
+    else:
+        return {}
+    found: dict[int, nn.Parameter] = {}
+    for child in children:
+        found.update(reachable_parameters(child, seen))
+    return found
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"warmup_steps": 30},
+    {"use_decoder": True},
+    {"layerwise_generator": "separate"},
+    {"shared_head_weight": 0.5, "shared_head_classes": 30, "add_trainable_weights": True,
+     "lw_generate_bias": True, "lw_generate_bn": True, "number_of_trained_cnn_layers": 1},
+], ids=["default", "warmup_heads", "use_decoder", "separate", "trained_layers_and_heads"])
+def test_every_parameter_is_registered_saved_and_moved(overrides):
+    """Trap 5: no parameter hides in a plain Python container: every one reachable from the
+    model is in ``parameters()`` and the state_dict and follows ``.to()``."""
+    model = HyperTransformer(small(**overrides))
+    reachable = reachable_parameters(model)
+    registered = {id(p) for p in model.parameters()}
+    assert len(reachable) > 0 and set(reachable) == registered
+    saved = {id(t) for t in model.state_dict(keep_vars=True).values()}
+    assert registered <= saved
+    model.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in reachable_parameters(model).values())
+
+
+def test_warmup_heads_are_registered_saved_moved_and_trained():
+    cfg = small(warmup_steps=30)
+    model = HyperTransformer(cfg)
+    assert isinstance(model.warmup_heads, nn.ModuleList) and len(model.warmup_heads) == 3
+    keys = model.state_dict().keys()
+    registered = {id(p) for p in model.parameters()}
+    for i, head in enumerate(model.warmup_heads):
+        assert {f"warmup_heads.{i}.weight", f"warmup_heads.{i}.bias"} <= keys
+        assert all(id(p) in registered for p in head.parameters())
+    sx, sy, qx, qy = episode(cfg, tasks=1)
+    for i, head in enumerate(model.warmup_heads):  # head i has weight 1 at step 10 i
+        model.zero_grad()
+        model.loss(sx, sy, qx, qy, step=10 * i).loss.backward()
+        assert head.weight.grad is not None and head.weight.grad.any()
+    model.to(torch.float64)
+    assert all(p.dtype == torch.float64 for h in model.warmup_heads for p in h.parameters())
+
+
+@pytest.mark.parametrize("overrides", [{"use_decoder": True},
+                                       {"layerwise_generator": "separate"}],
+                         ids=["use_decoder", "separate"])
+def test_decoders_are_registered_saved_moved_and_trained(overrides):
+    cfg = small(**overrides)
+    model = HyperTransformer(cfg)
+    plain = sum(p.numel() for p in HyperTransformer(small()).parameters())
+    assert sum(p.numel() for p in model.parameters()) > plain  # the decoders add parameters
+    keys = model.state_dict().keys()
+    for name, generator in model.generators.items():
+        decoder = generator.decoder
+        assert decoder is not None
+        decoder_params = dict(decoder.named_parameters())
+        assert decoder_params
+        assert {f"generators.{name}.decoder.{k}" for k in decoder_params} <= keys
+    sx, sy, qx, qy = episode(cfg, tasks=1)
+    model.loss(sx, sy, qx, qy).loss.backward()
+    missing = [f"{name}.{k}" for name, generator in model.generators.items()
+               for k, p in generator.decoder.named_parameters()
+               if p.grad is None or not p.grad.any()]
+    assert missing == []
+    model.to(torch.float64)
+    assert all(p.dtype == torch.float64 for g in model.generators.values()
+               for p in g.decoder.parameters())
+
+
 @pytest.mark.parametrize("preset", ["omniglot_1shot", "omniglot_5shot", "miniimagenet_1shot",
                                     "tieredimagenet_5shot"])
 def test_gradients_reach_every_parameter(preset):
