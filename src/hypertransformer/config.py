@@ -91,6 +91,14 @@ class Config:
     fe_dropout: float = 0.0
     logits_feature_extractor: str = "default"
 
+    # ---- Continual HyperTransformer and ProtoNet (SPEC §7; ours, docs/continual.md) -------
+    model_type: str = "ht"  # (ours) ht | cht (Continual HT) | protonet (the ConstPN baseline)
+    prototype_dim: int = 32  # (ours) D, the embedding width of the cht/protonet CNN
+    cht_tasks: int = 5  # (ours) L, tasks per training sequence
+    cht_eval_tasks: int = 0  # (ours) tasks per evaluation sequence; 0 means 2·cht_tasks
+    cht_scenario: str = "task"  # (ours) task | class | minibatch
+    cht_recompute_prototypes: bool = False  # (ours) evaluation upper bound: no stored prototypes
+
     # ---- losses and regularisers (SPEC §3.8) --------------------------------------------
     warmup_steps: int = 0
     l2_reg_weight: float = 0.0
@@ -135,6 +143,11 @@ class Config:
     def shots(self) -> int:
         """Labelled support samples per class, K = S / N - u."""
         return self.samples_transformer // self.num_labels - self.unlabeled_samples_per_class
+
+    @property
+    def sequence_length(self) -> int:
+        """Tasks per evaluation sequence of the Continual HT: ``cht_eval_tasks`` or 2·L."""
+        return self.cht_eval_tasks or 2 * self.cht_tasks
 
 
 def field_names() -> list[str]:

@@ -132,6 +132,29 @@ PRESETS["glyphs_demo"] = dict(
     train_steps=20000, steps_between_saves=500, num_task_evals=256,
 )
 
+# The Continual HyperTransformer (SPEC §7, docs/continual.md): sequences of L = 5 tasks of
+# 5-way 1-shot Omniglot (our split, SPEC §2.2), a 32-d prototype embedding generated as the
+# CNN's last layer; evaluated on sequences of 2·L tasks (512 sequences, one batch of 100
+# queries per task).  The CPU recipe of docs/results.md: AdamW, 8 sequences per step.
+_CHT: dict[str, Any] = dict(
+    _OMNIGLOT, model_type="cht", prototype_dim=32, cht_tasks=5,
+    num_labels=5, samples_transformer=5, samples_cnn=25,
+    optimizer="adamw", learning_rate=5e-4, episodes_per_step=8,
+    train_steps=200_000, steps_between_saves=1000,
+    num_task_evals=512, num_eval_batches=1, eval_batch_size=100,
+)
+PRESETS["cht_omniglot_task"] = dict(_CHT, cht_scenario="task")
+PRESETS["cht_omniglot_class"] = dict(_CHT, cht_scenario="class")
+PRESETS["cht_omniglot_minibatch"] = dict(_CHT, cht_scenario="minibatch")
+# ConstPN: the same CNN as a trained ProtoNet embedding, episodes of single 5-way 1-shot tasks;
+# evaluated by the same continual protocol (task-incremental by default).
+PRESETS["protonet_omniglot_continual"] = dict(_CHT, model_type="protonet", cht_scenario="task")
+# The offline demo of the CHT: the glyphs data, a few minutes on 2 CPU cores.
+PRESETS["cht_glyphs_demo"] = dict(
+    _CHT, cht_scenario="task", train_dataset="glyphs:train", test_dataset="glyphs:test",
+    eval_datasets="glyphs", shuffle_labels_seed=0, learning_rate=1e-3,
+    steps_between_saves=200, num_task_evals=128)
+
 
 def names() -> list[str]:
     return sorted(PRESETS)

@@ -195,6 +195,11 @@ class EpisodeSampler:
     def _rand(self, *shape: int) -> Tensor:
         return torch.rand(*shape, generator=self._generator)
 
+    def _random_classes(self, num_episodes: int, count: int) -> Tensor:
+        """``count`` distinct classes of the split per episode, in random order."""
+        keys = self._rand(num_episodes, self.dataset.num_classes)
+        return keys.topk(count, dim=1, largest=False).indices
+
     def _batch(self, counts: Tensor, items: tuple[Tensor, Tensor],
                exclude: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """One permuted batch per episode: (label, position, sample slot in its class), [T, B].
@@ -214,8 +219,14 @@ class EpisodeSampler:
         perm = self._rand(t, len(label)).argsort(dim=1)
         return label[perm], position[perm], slot.gather(1, perm)
 
-    def sample(self, num_episodes: int, query_batches: int = 1) -> EpisodeBatch:
+    def sample(self, num_episodes: int, query_batches: int = 1, *,
+               classes: Tensor | None = None,
+               augmentation: AugmentationState | None = None) -> EpisodeBatch:
         """``num_episodes`` episodes, each with ``query_batches`` query batches.
+
+        ``classes`` [T, N] fixes the split classes of each episode (default: N at random) and
+        ``augmentation`` the augmentation state (default: drawn per episode); the Continual
+        HT's :class:`SequenceSampler` uses both.
 
         ``query_batches > 1`` is the evaluation mode of SPEC §5: one support set and one
         augmentation state per task, and independent query batches of ``query_size`` each,
@@ -228,7 +239,10 @@ class EpisodeSampler:
             raise DatasetError(f"num_episodes and query_batches must be at least 1; got "
                                f"{num_episodes} and {query_batches}")
         t, n, s, u = num_episodes, self.num_labels, self.support_size, self.unlabeled_per_class
-        classes = self._rand(t, self.dataset.num_classes).topk(n, dim=1, largest=False).indices
+        if classes is None:
+            classes = self._random_classes(t, n)
+        elif classes.shape != (t, n):
+            raise DatasetError(f"classes must be [{t}, {n}]; got {list(classes.shape)}")
         counts = self._counts[classes]
 
         if self.balanced:
@@ -258,7 +272,9 @@ class EpisodeSampler:
                 p = self._rand(t, 1) * max_prob
                 mask &= ~(kind & (self._rand(t, s) < p))
 
-        state = self._augmenter.draw(t, n, self._generator) if self.augmentation.active else None
+        state = augmentation
+        if state is None and self.augmentation.active:
+            state = self._augmenter.draw(t, n, self._generator)
         query_label = torch.cat([label for label, _ in queries], dim=1)
         query_slot = torch.cat([slot for _, slot in queries], dim=1)
         return EpisodeBatch(
@@ -281,3 +297,99 @@ class EpisodeSampler:
         if self.augmentation.image_augmentations:
             x = augment_natural_images(x, self.augmentation, self._generator)
         return x
+
+
+SCENARIOS = ("task", "class", "minibatch")
+
+
+@dataclass
+class SequenceBatch:
+    """``T`` sequences of ``L`` tasks for the Continual HT: every :class:`EpisodeBatch` field
+    with a task axis after the first, e.g. ``support_x`` [T, L, S, C, H, W] and ``classes``
+    [T, L, N] (split class ids: all different across a sequence's tasks in the task- and
+    class-incremental scenarios, the same N classes for every chunk in ``minibatch``)."""
+
+    support_x: Tensor
+    support_y: Tensor
+    support_mask: Tensor
+    query_x: Tensor
+    query_y: Tensor
+    classes: Tensor
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.support_y.shape[1])
+
+    def task(self, index: int) -> EpisodeBatch:
+        """Task ``index`` of every sequence as an :class:`EpisodeBatch` of T episodes."""
+        return EpisodeBatch(**{f.name: getattr(self, f.name)[:, index] for f in fields(self)})
+
+    def to(self, device: torch.device | str) -> SequenceBatch:
+        return SequenceBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+class SequenceSampler:
+    """Sequences of ``num_tasks`` few-shot tasks (SPEC §7) drawn by an :class:`EpisodeSampler`
+    (its generator, so its :meth:`state_dict` covers both).
+
+    ``task`` and ``class`` scenarios: each task brings ``N`` new classes (a sequence holds
+    ``L·N`` distinct classes of the split) with its own augmentation state.  ``minibatch``: one
+    task of ``N`` classes whose support arrives in ``L`` chunks, each drawn like a support set
+    of its own (an image may repeat across chunks), with one augmentation state for the whole
+    sequence (so a per-label rotation keeps naming the same class in every chunk).
+    """
+
+    def __init__(self, episodes: EpisodeSampler, num_tasks: int, scenario: str) -> None:
+        if scenario not in SCENARIOS:
+            raise DatasetError(f"cht_scenario must be one of {', '.join(SCENARIOS)}; got "
+                               f"{scenario!r}")
+        if num_tasks < 1:
+            raise DatasetError(f"a sequence needs at least 1 task; got {num_tasks}")
+        n, have = episodes.num_labels, episodes.dataset.num_classes
+        if scenario != "minibatch" and num_tasks * n > have:
+            raise DatasetError(
+                f"a sequence of {num_tasks} tasks of {n} new classes needs {num_tasks * n} "
+                f"classes, but the split {episodes.dataset.name!r} has {have}; use fewer tasks "
+                f"(cht_tasks / cht_eval_tasks / --tasks-per-sequence) or fewer num_labels")
+        self.episodes, self.num_tasks, self.scenario = episodes, num_tasks, scenario
+
+    @classmethod
+    def from_config(cls, dataset: ClassDataset, cfg: Config, *, train: bool, seed: int,
+                    num_tasks: int | None = None) -> SequenceSampler:
+        """Training sequences have ``cht_tasks`` tasks; ``num_tasks`` overrides it."""
+        episodes = EpisodeSampler.from_config(dataset, cfg, train=train, seed=seed)
+        return cls(episodes, num_tasks or cfg.cht_tasks, cfg.cht_scenario)
+
+    def state_dict(self) -> dict:
+        return self.episodes.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.episodes.load_state_dict(state)
+
+    def sample(self, num_sequences: int, query_batches: int = 1) -> SequenceBatch:
+        if num_sequences < 1:
+            raise DatasetError(f"num_sequences must be at least 1; got {num_sequences}")
+        e, t, length, n = self.episodes, num_sequences, self.num_tasks, self.episodes.num_labels
+        state = None
+        if self.scenario == "minibatch":
+            classes = e._random_classes(t, n).repeat_interleave(length, dim=0)
+            if e.augmentation.active:
+                drawn = e._augmenter.draw(t, n, e._generator)
+                state = AugmentationState(**{f.name: getattr(drawn, f.name).repeat_interleave(
+                    length, dim=0) for f in fields(drawn)})
+        else:
+            classes = e._random_classes(t, length * n).view(t * length, n)
+        batch = e.sample(t * length, query_batches, classes=classes, augmentation=state)
+        return SequenceBatch(**{f.name: getattr(batch, f.name).unflatten(0, (t, length))
+                                for f in fields(batch)})
+
+
+Sampler = EpisodeSampler | SequenceSampler
+
+
+def make_sampler(dataset: ClassDataset, cfg: Config, *, train: bool, seed: int) -> Sampler:
+    """The training/held-out sampler of ``cfg.model_type``: sequences of tasks for the
+    Continual HT, single episodes for the HT and the ProtoNet."""
+    if cfg.model_type == "cht":
+        return SequenceSampler.from_config(dataset, cfg, train=train, seed=seed)
+    return EpisodeSampler.from_config(dataset, cfg, train=train, seed=seed)

@@ -93,12 +93,39 @@ def _pct(x: float) -> str:
 
 
 def describe(record: dict[str, Any]) -> str:
-    """One line: accuracy ± CI, chance level, protocol and time."""
+    """One line: accuracy ± CI, chance level, protocol and time (a continual record: also its
+    accuracy matrix and summaries, :func:`describe_continual`)."""
+    if "accuracy_matrix" in record:
+        return describe_continual(record)
     return (f"{record['split']} accuracy {_pct(record['accuracy'])} ± {_pct(record['ci95'])} "
             f"(95% CI) at step {record['step']}; chance {_pct(record['chance'])} "
             f"(1/{record['num_labels']}); {record['num_tasks']} tasks × "
             f"{record['num_batches']} batches × {record['batch_size']} queries of "
             f"{record['dataset']} in {record['seconds']:.1f} s")
+
+
+def describe_continual(record: dict[str, Any]) -> str:
+    """The accuracy matrix A[t, τ] (rows t: weights after task t; columns τ: tasks), then the
+    final accuracy, forgetting and backward transfer."""
+    rows = record["accuracy_matrix"]
+    lines = [f"{record['split']} {record['model_type']} {record['scenario']}-incremental at "
+             f"step {record['step']}: {record['num_sequences']} sequences of "
+             f"{record['tasks_per_sequence']} tasks (trained on "
+             f"{record['trained_tasks_per_sequence']}) × {record['num_batches']} batches × "
+             f"{record['batch_size']} queries of {record['dataset']}"
+             + (", prototypes recomputed (upper bound)" if record["recompute_prototypes"]
+                else "") + f" in {record['seconds']:.1f} s",
+             "A[t, τ] (%): row t = after learning task t, column τ = task τ's queries"]
+    lines += [f"  t={t:<3d}" + " ".join(f"{100 * a:5.1f}" for a in row)
+              for t, row in enumerate(rows)]
+    lines.append(f"final accuracy {_pct(record['final_accuracy'])} ± "
+                 f"{_pct(record['final_accuracy_ci95'])} (95% CI; chance "
+                 f"{_pct(record['chance'])})")
+    if record["forgetting"] is not None:
+        lines.append(f"forgetting {_pct(record['forgetting'])}; backward transfer "
+                     f"{_pct(record['backward_transfer'])} ± "
+                     f"{_pct(record['backward_transfer_ci95'])}")
+    return "\n".join(lines)
 
 
 def _report(record: dict[str, Any], path: Path, as_json: bool) -> None:

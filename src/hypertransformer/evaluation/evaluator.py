@@ -33,7 +33,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ import torch
 from hypertransformer.config import Config
 from hypertransformer.data.base import ClassDataset
 from hypertransformer.data.registry import load_split
-from hypertransformer.data.sampler import EpisodeBatch, EpisodeSampler
+from hypertransformer.data.sampler import EpisodeBatch, EpisodeSampler, Sampler
 from hypertransformer.model import HyperTransformer
 from hypertransformer.model.hypertransformer import GeneratedWeights
 from hypertransformer.training.checkpoint import (
@@ -57,6 +57,7 @@ from hypertransformer.training.checkpoint import (
 )
 
 EVAL_DIR = "eval"
+CONTINUAL_MODELS = ("cht", "protonet")  # evaluated on sequences of tasks (.continual)
 SPLITS = ("train", "val", "test")
 
 # Default ``tasks_per_call``: the most tasks (at least 1) with at most CLASSIFY_IMAGES images
@@ -97,16 +98,17 @@ def _task_seed(seed: int, task: int) -> int:
     return int(np.random.SeedSequence((seed, task)).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _sample_tasks(sampler: EpisodeSampler, first: int, count: int, num_batches: int,
-                  seed: int) -> EpisodeBatch:
-    """Tasks ``first .. first+count-1``, each drawn from its own ``(seed, task)`` generator."""
+def sample_tasks(sampler: Sampler, first: int, count: int, num_batches: int,
+                 seed: int) -> Any:
+    """Tasks (or task sequences) ``first .. first+count-1``, each drawn from its own
+    ``(seed, index)`` generator: an :class:`EpisodeBatch` (or a ``SequenceBatch``)."""
     parts = []
     for i in range(first, first + count):
         state = torch.Generator().manual_seed(_task_seed(seed, i)).get_state()
         sampler.load_state_dict({"generator": state})
         parts.append(sampler.sample(1, query_batches=num_batches))
-    return EpisodeBatch(**{name: torch.cat([getattr(p, name) for p in parts])
-                           for name in EpisodeBatch.__dataclass_fields__})
+    return type(parts[0])(**{f.name: torch.cat([getattr(p, f.name) for p in parts])
+                             for f in fields(parts[0])})
 
 
 def _batch_accuracy(model: HyperTransformer, batch: EpisodeBatch, weights: GeneratedWeights,
@@ -154,7 +156,7 @@ def evaluate_model(model: HyperTransformer, config: Config, dataset: ClassDatase
         with ThreadPoolExecutor(max_workers=1) as sampling, \
                 ThreadPoolExecutor(max_workers=CLASSIFY_WORKERS) as workers:
             def draw(i: int) -> Future[EpisodeBatch]:
-                return sampling.submit(_sample_tasks, sampler, *chunks[i], num_batches, seed)
+                return sampling.submit(sample_tasks, sampler, *chunks[i], num_batches, seed)
 
             pending = draw(0)
             for i, (_, count) in enumerate(chunks):
@@ -208,14 +210,25 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, seed: in
         raise ValueError(f"these fields define the model and must match the checkpoint "
                          f"(checkpoint -> given): {'; '.join(clash)}")
     dataset = load_split(config, split)
-    result = evaluate_model(model, config, dataset, num_tasks=config.num_task_evals,
-                            num_batches=config.num_eval_batches,
-                            batch_size=config.eval_batch_size, seed=seed)
+    protocol = dict(num_batches=config.num_eval_batches, batch_size=config.eval_batch_size,
+                    seed=seed)
+    chance = 1.0 / config.num_labels
+    if config.model_type in CONTINUAL_MODELS:  # the continual protocol (SPEC §7)
+        from hypertransformer.evaluation.continual import evaluate_continual
+
+        result = evaluate_continual(model, config, dataset,
+                                    num_sequences=config.num_task_evals,
+                                    num_tasks=config.sequence_length, **protocol)
+        if config.cht_scenario == "class":  # after the last task: all classes seen
+            chance /= config.sequence_length
+    else:
+        result = evaluate_model(model, config, dataset, num_tasks=config.num_task_evals,
+                                **protocol).to_dict()
     return {
         "split": split, "dataset": dataset.name, "step": int(state["step"]),
         "checkpoint": str(checkpoint.resolve()), "seed": seed,
-        "num_labels": config.num_labels, "chance": 1.0 / config.num_labels,
-        **result.to_dict(),
+        "model_type": config.model_type, "num_labels": config.num_labels, "chance": chance,
+        **result,
     }
 
 

@@ -17,13 +17,14 @@ statistics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hypertransformer.config import Config
+from hypertransformer.data.sampler import EpisodeBatch
 from hypertransformer.model.cnn import (
     ConvLayer,
     ConvSpec,
@@ -40,10 +41,13 @@ from hypertransformer.model.ops import from_grouped, grouped_to_batch, to_groupe
 @dataclass
 class GeneratedWeights:
     """What the transformer wrote for T tasks: ``layers[ℓ]`` holds layer ℓ's generated
-    tensors (``None`` for an ordinarily trained layer); the last entry is the logits layer."""
+    tensors (``None`` for an ordinarily trained layer); the last entry is the logits layer.
+    ``blocks`` keeps each generator's raw output [T, n, B] by name ("conv1".., "logits"): the
+    Continual HT feeds it back into the weight tokens of the next task."""
 
     layers: list[LayerWeights | None]
     shared_features: Tensor | None  # [T, S, shared_features_dim]
+    blocks: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def num_tasks(self) -> int:
@@ -71,13 +75,17 @@ def warmup_weights(step: int, warmup_steps: int, num_heads: int) -> tuple[list[f
 
 
 class HyperTransformer(nn.Module):
-    def __init__(self, config: Config) -> None:
+    """``num_outputs`` is the width of the generated last layer: the N logits by default; the
+    Continual HT asks for a ``prototype_dim`` embedding instead."""
+
+    def __init__(self, config: Config, num_outputs: int | None = None) -> None:
         super().__init__()
         cfg = self.config = config
         self.num_labels = cfg.num_labels
         specs = cnn_specs(cfg.cnn_model_name, image_size=cfg.image_size,
                           in_channels=cfg.image_channels, channels=cfg.default_num_channels,
-                          kernel=cfg.kernel_size, stride=cfg.stride, num_labels=cfg.num_labels)
+                          kernel=cfg.kernel_size, stride=cfg.stride,
+                          num_labels=num_outputs or cfg.num_labels)
         conv_specs = [s for s in specs if isinstance(s, ConvSpec)]
         logits_spec = specs[-1]
         assert isinstance(logits_spec, LogitsSpec)
@@ -153,8 +161,13 @@ class HyperTransformer(nn.Module):
                              f"{list(x.shape)}")
 
     def generate(self, support_x: Tensor, support_y: Tensor,
-                 support_mask: Tensor | None = None) -> GeneratedWeights:
-        """Generates every layer's weights from the support set of each of T tasks."""
+                 support_mask: Tensor | None = None,
+                 previous: GeneratedWeights | None = None) -> GeneratedWeights:
+        """Generates every layer's weights from the support set of each of T tasks.
+
+        ``previous`` (the Continual HT): weights generated for the previous task of each
+        sequence; generator ℓ's weight token j then carries ``previous.blocks[ℓ][:, j]``.
+        """
         self._check(support_x, "support_x")
         t, s = support_y.shape
         if support_x.shape[:2] != (t, s):
@@ -171,28 +184,33 @@ class HyperTransformer(nn.Module):
         x = to_grouped(support_x)
         bn_mask = None if support_mask is None else support_mask.T
         layers: list[LayerWeights | None] = []
+        generated: dict[str, Tensor] = {}
+
+        def run(name: str, x: Tensor) -> Tensor:
+            content = None if previous is None else previous.blocks[name]
+            generated[name] = self.generators[name](grouped_to_batch(x, t), support_y,
+                                                    support_mask, shared, content)
+            return generated[name]
+
         for i, layer in enumerate(self.conv_layers):
-            w = None
-            if layer.generated:
-                blocks = self.generators[f"conv{i + 1}"](
-                    grouped_to_batch(x, t), support_y, support_mask, shared)
-                w = layer.decode(blocks)
+            w = layer.decode(run(f"conv{i + 1}", x)) if layer.generated else None
             layers.append(w)
             x = layer(x, w, t, bn_mask)
-        blocks = self.generators["logits"](grouped_to_batch(x, t), support_y,
-                                           support_mask, shared)
-        layers.append(self.logits_layer.decode(blocks))
-        return GeneratedWeights(layers, shared)
+        layers.append(self.logits_layer.decode(run("logits", x)))
+        return GeneratedWeights(layers, shared, generated)
 
-    def run_cnn(self, x: Tensor, weights: GeneratedWeights) -> tuple[Tensor, list[Tensor]]:
+    def run_cnn(self, x: Tensor, weights: GeneratedWeights,
+                mask: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
         """Runs images [T, M, C, H, W] through the generated CNNs: (logits [T, M, N], the
-        conv layers' outputs in grouped layout)."""
+        conv layers' outputs in grouped layout).  ``mask`` [T, M] (True = present) keeps
+        removed samples out of the BatchNorm statistics."""
         self._check(x, "query_x")
         t = x.shape[0]
         h = to_grouped(x)
+        bn_mask = None if mask is None or bool(mask.all()) else mask.T
         outputs = []
         for layer, w in zip(self.conv_layers, weights.layers[:-1], strict=True):
-            h = layer(h, w, t)
+            h = layer(h, w, t, bn_mask)
             outputs.append(h)
         last = weights.layers[-1]
         assert last is not None
@@ -205,6 +223,11 @@ class HyperTransformer(nn.Module):
     def forward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                 support_mask: Tensor | None = None) -> Tensor:
         return self.classify(query_x, self.generate(support_x, support_y, support_mask))
+
+    def batch_loss(self, batch: EpisodeBatch, step: int = 0) -> LossOutput:
+        """:meth:`loss` of an :class:`EpisodeBatch` (the trainer's interface to every model)."""
+        return self.loss(batch.support_x, batch.support_y, batch.query_x, batch.query_y,
+                         support_mask=batch.support_mask, classes=batch.classes, step=step)
 
     # ---- losses --------------------------------------------------------------------------
 

@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from hypertransformer.config import Config, field_names
-from hypertransformer.model import HyperTransformer
+from hypertransformer.model import build_model
 
 FORMAT_VERSION = 1
 KEEP = 3
@@ -60,7 +61,7 @@ MODEL_FIELDS = (
     "use_decoder", "transformer_activation", "transformer_nonlinearity",
     "transformer_skip_last_nonlinearity", "shared_feature_extractor", "shared_features_dim",
     "shared_feature_extractor_padding", "logits_feature_extractor",
-    "warmup_steps", "shared_head_weight", "shared_head_classes",
+    "warmup_steps", "shared_head_weight", "shared_head_classes", "model_type", "prototype_dim",
 )
 # ... and resuming also needs the same kind of optimiser state.
 RESUME_FIELDS = (*MODEL_FIELDS, "optimizer")
@@ -195,7 +196,7 @@ def resolve_checkpoint(path_or_log_dir: str | Path) -> Path:
 
 
 def model_from_checkpoint(
-        path_or_log_dir: str | Path) -> tuple[HyperTransformer, Config, dict[str, Any]]:
+        path_or_log_dir: str | Path) -> tuple[nn.Module, Config, dict[str, Any]]:
     """(model in eval mode with the saved parameters, its config, the checkpoint dict).
 
     ``path_or_log_dir`` is a checkpoint file (e.g. ``.../checkpoints/best.pt``) or a log
@@ -206,7 +207,7 @@ def model_from_checkpoint(
     saved = state["config"]
     known = set(field_names())
     config = Config.from_dict({k: v for k, v in saved.items() if k in known})
-    model = HyperTransformer(config)
+    model = build_model(config)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

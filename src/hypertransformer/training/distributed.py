@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from hypertransformer.config import Config
 from hypertransformer.data.base import ClassDataset
-from hypertransformer.data.sampler import EpisodeSampler
+from hypertransformer.data.sampler import Sampler, make_sampler
 
 RANK_SEED_STRIDE = 1_000_003  # a prime far above the seed + 1 of the held-out sampler
 MIXED_PRECISION = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -55,10 +55,9 @@ def rank_seed(seed: int, rank: int) -> int:
     return seed + RANK_SEED_STRIDE * rank
 
 
-def rank_sampler(data: ClassDataset, config: Config, rank: int) -> EpisodeSampler:
-    """The training episode sampler of rank ``rank``."""
-    return EpisodeSampler.from_config(data, config, train=True,
-                                      seed=rank_seed(config.seed, rank))
+def rank_sampler(data: ClassDataset, config: Config, rank: int) -> Sampler:
+    """The training episode (or task sequence) sampler of rank ``rank``."""
+    return make_sampler(data, config, train=True, seed=rank_seed(config.seed, rank))
 
 
 def check_device(config: Config) -> None:

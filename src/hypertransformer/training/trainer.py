@@ -1,7 +1,8 @@
 """The training loop (SPEC §4): episodes in, optimiser steps, checkpoints, metrics.
 
-``train(config, log_dir)`` trains a :class:`HyperTransformer` on episodes of
-``config.train_dataset`` and writes into ``log_dir``:
+``train(config, log_dir)`` trains the model of ``config.model_type`` (a
+:class:`HyperTransformer`, a Continual HT on sequences of tasks, or the ProtoNet baseline) on
+episodes of ``config.train_dataset`` and writes into ``log_dir``:
 
 * ``config.json`` (at start), ``checkpoints/`` (see :mod:`.checkpoint`: every
   ``steps_between_saves`` steps and at the end, the last 3 kept, plus ``best.pt``),
@@ -85,9 +86,9 @@ from tqdm import tqdm
 from hypertransformer.config import Config
 from hypertransformer.data.base import ClassDataset
 from hypertransformer.data.registry import load_split
-from hypertransformer.data.sampler import EpisodeBatch, EpisodeSampler
+from hypertransformer.data.sampler import EpisodeBatch, Sampler, SequenceBatch, make_sampler
 from hypertransformer.data.specs import parse_spec, split_presets
-from hypertransformer.model import HyperTransformer
+from hypertransformer.model import build_model
 from hypertransformer.training.checkpoint import (
     FORMAT_VERSION,
     best_checkpoint_path,
@@ -172,7 +173,7 @@ def _heldout_data(config: Config) -> ClassDataset:
     return load_split(config, "val" if ranges and "val" in ranges else "test")
 
 
-def _rng_state(samplers: dict[str, EpisodeSampler], device: torch.device) -> dict[str, Any]:
+def _rng_state(samplers: dict[str, Sampler], device: torch.device) -> dict[str, Any]:
     np_state = np.random.get_state(legacy=False)
     state = {
         "torch": torch.get_rng_state(),
@@ -187,7 +188,7 @@ def _rng_state(samplers: dict[str, EpisodeSampler], device: torch.device) -> dic
     return state
 
 
-def _set_rng_state(state: dict[str, Any], samplers: dict[str, EpisodeSampler],
+def _set_rng_state(state: dict[str, Any], samplers: dict[str, Sampler],
                    device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
@@ -208,15 +209,15 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 class _Loss(torch.nn.Module):
-    """``model.loss`` as a forward pass, so that DistributedDataParallel syncs its gradients."""
+    """``model.batch_loss`` as a forward pass, so that DistributedDataParallel syncs its
+    gradients."""
 
-    def __init__(self, model: HyperTransformer) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, batch: EpisodeBatch, step: int) -> tuple[Tensor, Tensor]:
-        out = self.model.loss(batch.support_x, batch.support_y, batch.query_x, batch.query_y,
-                              support_mask=batch.support_mask, classes=batch.classes, step=step)
+    def forward(self, batch: EpisodeBatch | SequenceBatch, step: int) -> tuple[Tensor, Tensor]:
+        out = self.model.batch_loss(batch, step)
         return out.loss, out.accuracy
 
 
@@ -244,10 +245,10 @@ class _Trainer:
         torch.manual_seed(seed)
         self.samplers = {"train_sampler": rank_sampler(train_data, cfg, world.rank)}
         if world.main:  # rank 0 alone evaluates
-            self.samplers["heldout_sampler"] = EpisodeSampler.from_config(
+            self.samplers["heldout_sampler"] = make_sampler(
                 _heldout_data(cfg), cfg, train=False, seed=cfg.seed + 1)
         self.device = resolve_device(cfg, world)
-        self.model = HyperTransformer(cfg).to(self.device)
+        self.model = build_model(cfg).to(self.device)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
         self.episodes_per_step = cfg.episodes_per_step * world.size  # of all ranks together
@@ -389,19 +390,18 @@ class _Trainer:
 
     @torch.no_grad()
     def heldout_accuracy(self) -> float:
+        """The mean query accuracy of ``heldout_episodes`` fresh held-out episodes (for the
+        CHT: sequences, every (t, τ ≤ t) pair as in its loss)."""
         self.model.eval()
-        correct, total = 0.0, 0
-        left = self.heldout_episodes
+        correct, left = 0.0, self.heldout_episodes
         while left > 0:
             n = min(left, _HELDOUT_CHUNK)
-            b: EpisodeBatch = self.samplers["heldout_sampler"].sample(n).to(self.device)
+            batch = self.samplers["heldout_sampler"].sample(n).to(self.device)
             with self._autocast():
-                logits = self.model(b.support_x, b.support_y, b.query_x, b.support_mask)
-            correct += (logits.argmax(-1) == b.query_y).float().sum().item()
-            total += b.query_y.numel()
+                correct += n * self.model.batch_loss(batch, self.step).accuracy.item()
             left -= n
         self.model.train()
-        return correct / total
+        return correct / self.heldout_episodes
 
     def log(self, writer: SummaryWriter, rank_rng: list[dict[str, Any]]) -> dict[str, float]:
         """Rank 0: a metrics line and TensorBoard scalars; ``best.pt`` on a new best."""
