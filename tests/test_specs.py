@@ -169,9 +169,6 @@ def test_registry_errors(tmp_path, monkeypatch):
         load_dataset("emnist")
     with pytest.raises(DatasetError, match=f"no emnist.npy or emnist/ in {tmp_path}"):
         load_dataset("emnist", data_numpy_dir=tmp_path)
-    for name in ("miniimagenet", "tieredimagenet"):
-        with pytest.raises(DatasetError, match=f"{name}' is not supported yet"):
-            load_dataset(f"{name}:train")
     d = numpy_dir(tmp_path)
     with pytest.raises(DatasetError, match="toy has classes 0..11; asked for up to 12"):
         load_dataset("toy:10-12", data_numpy_dir=d, image_size=4)
@@ -180,6 +177,28 @@ def test_registry_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("HT_OMNIGLOT_DIR", raising=False)
     with pytest.raises(DatasetError, match="HT_OMNIGLOT_DIR"):
         load_dataset("omniglot:train")
+
+
+@pytest.mark.parametrize("name,sizes", [("miniimagenet", (64, 16, 20)),
+                                        ("tieredimagenet", (351, 97, 160))])
+def test_imagenet_variants_not_supported_yet_but_their_numpy_caches_are(tmp_path, name, sizes):
+    """No loader reads the miniImageNet/tieredImageNet files yet (a later issue): the error says
+    so, also with a data_dir, and names the way out, a NumPy cache of that name, which the
+    preset splits then cut (SPEC §2.2)."""
+    for data_dir in (None, tmp_path):
+        with pytest.raises(DatasetError, match=f"{name}' is not supported yet") as info:
+            load_dataset(f"{name}:train", data_dir=data_dir)
+        assert f"{name}.npy or {name}/" in str(info.value)
+    ids = np.arange(sum(sizes))
+    images = np.zeros((len(ids), 1, 2, 2), np.uint8)  # pixels (0, 0), (0, 1): the class id
+    images[:, 0, 0, 0], images[:, 0, 0, 1] = ids // 256, ids % 256
+    np.save(tmp_path / f"{name}.npy", images)
+    first = 0
+    for split, size in zip(("train", "val", "test"), sizes, strict=True):
+        ds = load_dataset(f"{name}:{split}", data_numpy_dir=tmp_path, image_size=2)
+        got = [256 * int(c[0, 0, 0, 0]) + int(c[0, 0, 1, 0]) for c in ds.classes]
+        assert got == list(range(first, first + size))
+        first += size
 
 
 def test_dataset_info(tmp_path):
