@@ -7,7 +7,10 @@ accuracy, the evaluated checkpoints with their 95% intervals, and the chance lev
 when ``<log_dir>/config.json`` gives ``N``):
 
 * ``curves_episodes.png``: against training episodes,
-* ``curves_time.png``: against training wall-clock time (seconds spent training).
+* ``curves_time.png``: against training wall-clock time (seconds spent training);
+
+and, for the last continual (CHT/ProtoNet) record of each split, ``continual_<split>-<step>.png``
+(:func:`plot_continual`: the accuracy matrix as a heatmap and the curves of A[t, τ] over t).
 """
 
 from __future__ import annotations
@@ -160,4 +163,57 @@ def plot_log_dir(log_dir: str | Path, out_dir: str | Path | None = None) -> list
         fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)
+    latest: dict[str, dict[str, Any]] = {}  # the last continual record of each split
+    for record in records:
+        if "accuracy_matrix" in record:
+            latest[record["split"]] = record
+    for split, record in sorted(latest.items()):
+        paths.append(plot_continual(record, out / f"continual_{split}-{record['step']:08d}.png"))
     return paths
+
+
+def plot_continual(record: dict[str, Any], path: Path) -> Path:
+    """A continual evaluation record as two panels, in the style of the CHT paper's figures:
+    the accuracy matrix A[t, τ] as a heatmap (row t: after learning task t), and the curves
+    of A[t, τ] over t for each task τ with their 95% intervals (the trained sequence length
+    marked)."""
+    import matplotlib.pyplot as plt
+
+    rows, cis = record["accuracy_matrix"], record["ci95_matrix"]
+    n = len(rows)
+    matrix = np.full((n, n), np.nan)
+    for t, row in enumerate(rows):
+        matrix[t, :t + 1] = row
+    fig, (ax_map, ax_curves) = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
+    image = ax_map.imshow(100 * matrix, cmap="viridis", origin="upper")
+    if n <= 12:
+        for t in range(n):
+            for tau in range(t + 1):
+                ax_map.text(tau, t, f"{100 * matrix[t, tau]:.0f}", ha="center", va="center",
+                            fontsize=8, color="white")
+    ax_map.set(xlabel="task τ (queries)", ylabel="after learning task t",
+               title="accuracy A[t, τ] (%)", xticks=range(n), yticks=range(n))
+    fig.colorbar(image, ax=ax_map, shrink=0.8)
+    cmap = plt.get_cmap("viridis")
+    for tau in range(n):
+        ts = np.arange(tau, n)
+        acc = np.array([rows[t][tau] for t in ts])
+        ci = np.array([cis[t][tau] for t in ts])
+        color = cmap(tau / max(1, n - 1))
+        ax_curves.plot(ts, 100 * acc, marker="o", color=color, label=f"task {tau}")
+        ax_curves.fill_between(ts, 100 * (acc - ci), 100 * (acc + ci), color=color, alpha=0.15)
+    trained = record.get("trained_tasks_per_sequence")
+    if trained and trained < n:
+        ax_curves.axvline(trained - 0.5, color="gray", linestyle=":",
+                          label=f"trained length ({trained})")
+    ax_curves.axhline(100 * record["chance"], color="gray", linestyle="--", label="chance")
+    ax_curves.set(xlabel="tasks learned (t)", ylabel="accuracy on task τ (%)",
+                  title="A[t, τ] as tasks arrive", xticks=range(n))
+    ax_curves.grid(alpha=0.3)
+    ax_curves.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{record['model_type']} {record['scenario']}-incremental, "
+                 f"{record['dataset']}, step {record['step']}: final "
+                 f"{100 * record['final_accuracy']:.1f}%")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
