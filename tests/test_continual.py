@@ -345,6 +345,18 @@ def test_cli_trains_and_evaluates_a_matrix_of_2L_rows(tmp_path):
     assert "A[t, τ]" in out.stdout
     paths = plot_log_dir(log)  # the heatmap and curves of the matrix
     assert log / "plots" / f"continual_test-{record['step']:08d}.png" in paths
+    # evaluated otherwise than trained: a record of its own next to the first
+    out = subprocess.run(cmd + ["evaluate", "--log-dir", str(log), "--tasks", "2",
+                                "--batch-size", "20", "--scenario", "class",
+                                "--sequence-length", "3", "--recompute-prototypes", "--json"],
+                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    variant = json.loads(out.stdout.strip().splitlines()[-1])
+    assert variant["scenario"] == "class" and variant["recompute_prototypes"]
+    assert len(variant["accuracy_matrix"]) == 3
+    assert sorted(p.name for p in (log / "eval").glob("*.json")) == [
+        f"test-{record['step']:08d}-class-3tasks-recompute.json",
+        f"test-{record['step']:08d}.json"]
 
 
 def test_distances():

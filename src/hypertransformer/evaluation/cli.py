@@ -54,6 +54,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="queries per batch (default: eval_batch_size, 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation tasks")
     p.add_argument("--data-dir", default=None, help="raw dataset folder (sets data_dir)")
+    p.add_argument("--scenario", choices=("task", "class", "minibatch"), default=None,
+                   help="Continual HT / ProtoNet: the scenario to evaluate (default: the "
+                        "checkpoint's cht_scenario)")
+    p.add_argument("--sequence-length", type=int, default=None,
+                   help="Continual HT / ProtoNet: tasks per evaluation sequence (default: "
+                        "cht_eval_tasks, or 2 × the trained cht_tasks)")
+    p.add_argument("--recompute-prototypes", action="store_true",
+                   help="Continual HT: the upper bound that keeps every support set and "
+                        "recomputes all prototypes with the current weights")
     p.add_argument("--json", action="store_true",
                    help="print the result record as JSON on the last line")
     p.add_argument("--watch", action="store_true",
@@ -144,11 +153,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         watch,
     )
 
-    require_positive(tasks=args.tasks, batches=args.batches, batch_size=args.batch_size)
+    require_positive(tasks=args.tasks, batches=args.batches, batch_size=args.batch_size,
+                     sequence_length=args.sequence_length)
     overrides = {k: v for k, v in [("num_task_evals", args.tasks),
                                    ("num_eval_batches", args.batches),
                                    ("eval_batch_size", args.batch_size),
-                                   ("data_dir", args.data_dir)] if v is not None}
+                                   ("data_dir", args.data_dir),
+                                   ("cht_scenario", args.scenario),
+                                   ("cht_eval_tasks", args.sequence_length),
+                                   ("cht_recompute_prototypes",
+                                    args.recompute_prototypes or None)] if v is not None}
     if args.watch:
         if args.log_dir is None:
             raise ValueError("--watch needs --log-dir")

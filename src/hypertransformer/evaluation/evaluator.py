@@ -186,8 +186,10 @@ def log_dir_of(checkpoint: str | Path) -> Path:
     return parent.parent if parent.name == CHECKPOINT_DIR else parent
 
 
-def record_path(log_dir: str | Path, split: str, step: int) -> Path:
-    return Path(log_dir) / EVAL_DIR / f"{split}-{step:08d}.json"
+def record_path(log_dir: str | Path, split: str, step: int, variant: str = "") -> Path:
+    """``eval/<split>-<step>.json``; a continual evaluation in another scenario, sequence
+    length or with recomputed prototypes adds its ``variant`` (``-class``, ``-recompute``)."""
+    return Path(log_dir) / EVAL_DIR / f"{split}-{step:08d}{'-' * bool(variant)}{variant}.json"
 
 
 def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, seed: int = 0,
@@ -219,6 +221,12 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, seed: in
         result = evaluate_continual(model, config, dataset,
                                     num_sequences=config.num_task_evals,
                                     num_tasks=config.sequence_length, **protocol)
+        # Evaluated otherwise than trained: a record of its own, e.g. test-00001000-class.json
+        result["variant"] = "-".join(
+            [config.cht_scenario] * (config.cht_scenario != saved.cht_scenario)
+            + [f"{config.sequence_length}tasks"] * (
+                config.sequence_length != saved.sequence_length)
+            + ["recompute"] * config.cht_recompute_prototypes)
         if config.cht_scenario == "class":  # after the last task: all classes seen
             chance /= config.sequence_length
     else:
@@ -237,14 +245,15 @@ def save_record(log_dir: str | Path, record: dict[str, Any]) -> Path:
     TensorBoard events of ``<log_dir>/eval`` as ``eval_accuracy/<split>``."""
     from torch.utils.tensorboard import SummaryWriter
 
-    path = record_path(log_dir, record["split"], record["step"])
+    path = record_path(log_dir, record["split"], record["step"], record.get("variant", ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record) + "\n")
     os.replace(tmp, path)
     with SummaryWriter(str(path.parent)) as writer:
-        writer.add_scalar(f"eval_accuracy/{record['split']}", record["accuracy"],
-                          record["step"])
+        variant = record.get("variant", "")
+        writer.add_scalar(f"eval_accuracy/{record['split']}{'-' * bool(variant)}{variant}",
+                          record["accuracy"], record["step"])
     return path
 
 

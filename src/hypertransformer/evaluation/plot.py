@@ -9,7 +9,8 @@ when ``<log_dir>/config.json`` gives ``N``):
 * ``curves_episodes.png``: against training episodes,
 * ``curves_time.png``: against training wall-clock time (seconds spent training);
 
-and, for the last continual (CHT/ProtoNet) record of each split, ``continual_<split>-<step>.png``
+and, for the last continual (CHT/ProtoNet) record of each split (and evaluation variant),
+``continual_<split>-<step>[-<variant>].png``
 (:func:`plot_continual`: the accuracy matrix as a heatmap and the curves of A[t, τ] over t).
 """
 
@@ -163,12 +164,14 @@ def plot_log_dir(log_dir: str | Path, out_dir: str | Path | None = None) -> list
         fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)
-    latest: dict[str, dict[str, Any]] = {}  # the last continual record of each split
+    latest: dict[tuple[str, str], dict[str, Any]] = {}  # per split and variant: the last
     for record in records:
         if "accuracy_matrix" in record:
-            latest[record["split"]] = record
-    for split, record in sorted(latest.items()):
-        paths.append(plot_continual(record, out / f"continual_{split}-{record['step']:08d}.png"))
+            latest[record["split"], record.get("variant", "")] = record
+    for (split, variant), record in sorted(latest.items()):
+        suffix = f"-{variant}" if variant else ""
+        paths.append(plot_continual(
+            record, out / f"continual_{split}-{record['step']:08d}{suffix}.png"))
     return paths
 
 
