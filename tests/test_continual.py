@@ -363,3 +363,29 @@ def test_distances():
     e = torch.tensor([[[0.0, 0.0], [1.0, 1.0]]])
     c = torch.tensor([[[0.0, 1.0], [3.0, 1.0], [1.0, 1.0]]])
     assert squared_distances(e, c).tolist() == [[[1.0, 10.0, 2.0], [1.0, 4.0, 0.0]]]
+
+
+def test_two_ranks_train_a_cht_under_torchrun(tmp_path):
+    """The trainer's data-parallel path runs the CHT too: two ranks, each with its own
+    sequences (both counted, both RNG states saved)."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "ddp"
+    cfg = small(train_dataset="glyphs:train", test_dataset="glyphs:test", eval_datasets="glyphs",
+                shuffle_labels_seed=0, episodes_per_step=1, train_steps=2,
+                steps_between_saves=1, train_log_dir=str(log))
+    flags = [f"--{k}={'' if v is None else v}" for k, v in cfg.to_dict().items()]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_addr=127.0.0.1", f"--master_port={port}", "-m",
+                           "hypertransformer.train", *flags],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "finished at step 2" in done.stdout
+    from hypertransformer.training import latest_checkpoint, load_checkpoint
+    state = load_checkpoint(latest_checkpoint(log))
+    assert state["episodes_seen"] == 4 and len(state["rank_rng"]) == 1
