@@ -20,6 +20,7 @@ from hypertransformer.evaluation.plot import plot_log_dir
 from hypertransformer.model import (
     ContinualHyperTransformer,
     HyperTransformer,
+    MergedHyperTransformer,
     ProtoNet,
     TaskStream,
     build_model,
@@ -389,3 +390,38 @@ def test_two_ranks_train_a_cht_under_torchrun(tmp_path):
     from hypertransformer.training import latest_checkpoint, load_checkpoint
     state = load_checkpoint(latest_checkpoint(log))
     assert state["episodes_seen"] == 4 and len(state["rank_rng"]) == 1
+
+
+def test_merged_ht_generates_from_the_union_with_global_labels():
+    cfg = small(model_type="merged_ht", unlabeled_samples_per_class=1, samples_transformer=8)
+    model = build_model(cfg).eval()
+    assert isinstance(model, MergedHyperTransformer)
+    # one label token per class of cht_tasks tasks, and one for unlabelled samples
+    assert model.ht.generators["conv1"].label_embedding.shape[0] == 3 * 4 + 1
+    batch = sequences(cfg, tasks=3)
+    seen = []
+    generate = model.ht.generate
+
+    def spy(x, y, mask=None, previous=None):
+        seen.append((x.shape[1], y.clone(), previous))
+        return generate(x, y, mask, previous)
+
+    model.ht.generate = spy
+    stream = TaskStream(model)
+    with torch.no_grad():
+        for t in range(3):
+            task = batch.task(t)
+            stream.learn(task.support_x, task.support_y, task.support_mask)
+        logits = stream.logits(batch.query_x)
+    assert [size for size, _, _ in seen] == [8, 16, 24]  # the union grows, nothing fed back
+    assert all(previous is None for _, _, previous in seen)
+    labels = seen[-1][1]
+    for tau in range(3):
+        part = labels[:, tau * 8:(tau + 1) * 8]
+        labelled = part[part < 12]
+        assert labelled.min() >= tau * 4 and labelled.max() < (tau + 1) * 4
+        assert (part == 12).sum() == 2 * 4  # unlabelled: the last token, u=1 per class
+    assert logits.shape == (2, 3, cfg.samples_cnn, 4)
+    extra = batch.task(0)
+    with pytest.raises(ValueError, match="cannot merge 4"):
+        stream.learn(extra.support_x, extra.support_y)

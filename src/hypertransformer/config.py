@@ -92,7 +92,7 @@ class Config:
     logits_feature_extractor: str = "default"
 
     # ---- Continual HyperTransformer and ProtoNet (SPEC §7; ours, docs/continual.md) -------
-    model_type: str = "ht"  # (ours) ht | cht (Continual HT) | protonet (the ConstPN baseline)
+    model_type: str = "ht"  # (ours) ht | cht (Continual HT) | merged_ht | protonet (baselines)
     prototype_dim: int = 32  # (ours) D, the embedding width of the cht/protonet CNN
     cht_tasks: int = 5  # (ours) L, tasks per training sequence
     cht_eval_tasks: int = 0  # (ours) tasks per evaluation sequence; 0 means 2·cht_tasks

@@ -389,7 +389,7 @@ Sampler = EpisodeSampler | SequenceSampler
 
 def make_sampler(dataset: ClassDataset, cfg: Config, *, train: bool, seed: int) -> Sampler:
     """The training/held-out sampler of ``cfg.model_type``: sequences of tasks for the
-    Continual HT, single episodes for the HT and the ProtoNet."""
-    if cfg.model_type == "cht":
+    Continual HT and the MergedHT, single episodes for the HT and the ProtoNet."""
+    if cfg.model_type in ("cht", "merged_ht"):
         return SequenceSampler.from_config(dataset, cfg, train=train, seed=seed)
     return EpisodeSampler.from_config(dataset, cfg, train=train, seed=seed)

@@ -57,7 +57,7 @@ from hypertransformer.training.checkpoint import (
 )
 
 EVAL_DIR = "eval"
-CONTINUAL_MODELS = ("cht", "protonet")  # evaluated on sequences of tasks (.continual)
+CONTINUAL_MODELS = ("cht", "merged_ht", "protonet")  # evaluated on sequences of tasks (.continual)
 SPLITS = ("train", "val", "test")
 
 # Default ``tasks_per_call``: the most tasks (at least 1) with at most CLASSIFY_IMAGES images

@@ -101,26 +101,32 @@ class TaskStream:
     def __init__(self, model: PrototypeModel, recompute: bool | None = None) -> None:
         cfg = model.config
         self.model, self.scenario, self.num_labels = model, cfg.cht_scenario, cfg.num_labels
-        self.recompute = cfg.cht_recompute_prototypes if recompute is None else recompute
+        self.merged = isinstance(model, MergedHyperTransformer)
+        self.recompute = self.merged or (
+            cfg.cht_recompute_prototypes if recompute is None else recompute)
         self.weights: GeneratedWeights | None = None
-        self.means: list[Tensor] = []  # per learned task: [T, N, D]
+        self.num_tasks = 0  # tasks learned
+        self.means: list[Tensor] = []  # per learned task: [T, N, D] (stored prototypes)
         self.counts: list[Tensor] = []  # per learned task: [T, N] labelled samples per class
         self.supports: list[tuple[Tensor, Tensor, Tensor]] = []  # kept only to recompute
-
-    @property
-    def num_tasks(self) -> int:
-        return len(self.means)
 
     def learn(self, support_x: Tensor, support_y: Tensor,
               support_mask: Tensor | None = None) -> None:
         if support_mask is None:
             support_mask = torch.ones_like(support_y, dtype=torch.bool)
-        self.weights = self.model.generate(support_x, support_y, support_mask, self.weights)
-        mean, count = self._prototypes(support_x, support_y, support_mask, self.weights)
-        self.means.append(mean)
-        self.counts.append(count)
         if self.recompute:
             self.supports.append((support_x, support_y, support_mask))
+        if self.merged:
+            assert isinstance(self.model, MergedHyperTransformer)
+            self.weights = self.model.generate(*self.model.merge(self.supports))
+        else:
+            self.weights = self.model.generate(support_x, support_y, support_mask,
+                                               self.weights)
+        if not self.recompute:
+            mean, count = self._prototypes(support_x, support_y, support_mask, self.weights)
+            self.means.append(mean)
+            self.counts.append(count)
+        self.num_tasks += 1
 
     def _prototypes(self, x: Tensor, y: Tensor, mask: Tensor,
                     weights: GeneratedWeights | None) -> tuple[Tensor, Tensor]:
@@ -203,11 +209,13 @@ class ContinualHyperTransformer(nn.Module):
     :class:`TaskStream` runs whole sequences (``TaskStream(model).learn(...)``).
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, label_tasks: int = 1) -> None:
         super().__init__()
         check_continual_config(config)
         self.config = config
-        self.ht = HyperTransformer(config, num_outputs=config.prototype_dim)
+        # label tokens for the classes of ``label_tasks`` tasks (MergedHT: the whole union)
+        labels = config.replace(num_labels=config.num_labels * label_tasks)
+        self.ht = HyperTransformer(labels, num_outputs=config.prototype_dim)
 
     def generate(self, support_x: Tensor, support_y: Tensor, support_mask: Tensor | None = None,
                  previous: GeneratedWeights | None = None) -> GeneratedWeights:
@@ -222,6 +230,37 @@ class ContinualHyperTransformer(nn.Module):
 
     def batch_loss(self, batch: SequenceBatch, step: int = 0) -> LossOutput:
         return sequence_loss(self, batch)
+
+
+class MergedHyperTransformer(ContinualHyperTransformer):
+    """MergedHT, the upper bound of the CHT (SPEC §7): after task t the HT is given the union
+    of the support sets of tasks 0..t at once (no weight feedback), with one label token per
+    class of the union (task τ's class k is ``τ·N + k``), and every prototype is computed with
+    those weights.  Its label table has ``cht_tasks·N`` classes, so it merges at most
+    ``cht_tasks`` tasks: train it on sequences as long as the evaluation's."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config, label_tasks=config.cht_tasks)
+
+    def merge(self, supports: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[
+            Tensor, Tensor, Tensor]:
+        """The union of the support sets ``[(x, y, mask)]`` of tasks 0..t with global labels
+        (unlabelled samples: the last label token)."""
+        tasks, n = self.config.cht_tasks, self.config.num_labels
+        if len(supports) > tasks:
+            raise ValueError(f"this MergedHT has label tokens for {tasks} tasks of {n} classes "
+                             f"(cht_tasks={tasks}) and cannot merge {len(supports)}; evaluate "
+                             f"with --sequence-length {tasks} or train it with a larger "
+                             f"cht_tasks")
+        labels = [torch.where(y < n, y + tau * n, tasks * n)
+                  for tau, (_, y, _) in enumerate(supports)]
+        return (torch.cat([x for x, _, _ in supports], 1), torch.cat(labels, 1),
+                torch.cat([m for _, _, m in supports], 1))
+
+    def generate(self, support_x: Tensor, support_y: Tensor, support_mask: Tensor | None = None,
+                 previous: GeneratedWeights | None = None) -> GeneratedWeights:
+        """Weights from a (merged) support set; nothing is fed back."""
+        return self.ht.generate(support_x, support_y, support_mask)
 
 
 def single_task(batch: EpisodeBatch) -> SequenceBatch:
