@@ -157,7 +157,7 @@ PRESETS["merged_ht_omniglot_task"] = dict(_CHT, model_type="merged_ht", cht_scen
 PRESETS["cht_glyphs_demo"] = dict(
     _CHT, cht_scenario="task", train_dataset="glyphs:train", test_dataset="glyphs:test",
     eval_datasets="glyphs", shuffle_labels_seed=0, learning_rate=1e-3,
-    steps_between_saves=200, num_task_evals=128)
+    train_steps=150, steps_between_saves=50, num_task_evals=128)
 
 
 def names() -> list[str]:
