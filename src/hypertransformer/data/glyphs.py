@@ -40,13 +40,10 @@ import argparse
 import functools
 import json
 import math
-import os
 import random
-import tempfile
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import matplotlib
 import numpy as np
@@ -57,7 +54,7 @@ from matplotlib.path import Path as MplPath
 from PIL import Image, ImageDraw, ImageFont
 
 from hypertransformer.data.base import ClassDataset, DatasetError
-from hypertransformer.data.cache import cache_dir
+from hypertransformer.data.cache import atomic_write, cache_dir
 
 # Bump when anything that changes the rendered arrays changes (invalidates the cache).
 GLYPHS_VERSION = 1
@@ -302,18 +299,6 @@ def _cache_paths(image_size: int, seed: int) -> tuple[Path, Path]:
     return stem.with_suffix(".npy"), stem.with_suffix(".json")
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_cache(image_size: int, seed: int) -> tuple[np.ndarray, list[str]] | None:
     npy, meta = _cache_paths(image_size, seed)
     if not (npy.exists() and meta.exists()):
@@ -338,8 +323,8 @@ def _render_all(image_size: int, seed: int) -> tuple[np.ndarray, list[str]]:
     npy, meta = _cache_paths(image_size, seed)
     text = json.dumps({"version": GLYPHS_VERSION, "image_size": image_size, "seed": seed,
                        "class_names": names}, ensure_ascii=False)
-    _write_atomic(meta, lambda f: f.write(text.encode("utf-8")))
-    _write_atomic(npy, lambda f: np.save(f, images))
+    atomic_write(meta, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(npy, lambda f: np.save(f, images))
     return images, names
 
 

@@ -26,18 +26,15 @@ of an extracted folder), ``image_size`` and ``channels``; the first load decodes
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import io
 import json
 import os
 import re
-import tempfile
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from hypertransformer.data.base import ClassDataset, DatasetError
-from hypertransformer.data.cache import cache_dir
+from hypertransformer.data.cache import atomic_write, cache_dir
 from hypertransformer.data.numpy_cache import check_image_args, fit_images
 
 PARTS = ("images_background", "images_evaluation")
@@ -200,8 +197,8 @@ def load_omniglot(data_dir: str | Path | None = None, image_size: int = 28,
     images, names = _read_cache(npy, js, (image_size, image_size, channels))
     if images is None:
         images, names = _decode(sources, image_size, channels)
-        _atomic_write(js, lambda f: f.write(json.dumps(names).encode()))
-        _atomic_write(npy, lambda f: np.save(f, images))
+        atomic_write(js, lambda f: f.write(json.dumps(names).encode()))
+        atomic_write(npy, lambda f: np.save(f, images))
     return ClassDataset("omniglot", list(images), names)
 
 
@@ -265,16 +262,3 @@ def _read_cache(npy: Path, js: Path,
             or len(images) != len(names) or images.shape[2:] != shape):
         return None, []
     return images, names
-
-
-def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], object]) -> None:
-    """Write to a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
