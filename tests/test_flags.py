@@ -14,6 +14,8 @@ from hypertransformer.config import Config, field_names
 from hypertransformer.flags import apply_overrides, parse_flags, parse_value
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPT_NAMES = [f"{data}_{shots}shot_v1.sh" for shots in (1, 5)
+                for data in ("omniglot", "miniimagenet", "tieredimagenet")]
 
 
 def script_flags(name: str) -> list[str]:
@@ -39,6 +41,14 @@ def flag_name(token: str) -> str:
      ["--samples_transformer=20", "--samples_cnn=60", "--num_labels=20"]),
     ("omniglot_5shot_v1.sh", "omniglot_5shot",
      ["--samples_transformer=100", "--samples_cnn=100", "--num_labels=20"]),
+    ("miniimagenet_1shot_v1.sh", "miniimagenet_1shot",
+     ["--samples_transformer=5", "--samples_cnn=100", "--num_labels=5", "--image_size=84"]),
+    ("miniimagenet_5shot_v1.sh", "miniimagenet_5shot",
+     ["--samples_transformer=25", "--samples_cnn=100", "--num_labels=5", "--image_size=84"]),
+    ("tieredimagenet_1shot_v1.sh", "tieredimagenet_1shot",
+     ["--samples_transformer=5", "--samples_cnn=100", "--num_labels=5", "--image_size=84"]),
+    ("tieredimagenet_5shot_v1.sh", "tieredimagenet_5shot",
+     ["--samples_transformer=25", "--samples_cnn=100", "--num_labels=5", "--image_size=84"]),
 ])
 def test_scripts_parse_to_their_presets(script: str, preset: str, shot_flags: list[str]) -> None:
     flags = script_flags(script)
@@ -56,7 +66,7 @@ def test_scripts_parse_to_their_presets(script: str, preset: str, shot_flags: li
 
 
 def test_scripts_are_executable_and_forward_arguments() -> None:
-    for name in ("omniglot_1shot_v1.sh", "omniglot_5shot_v1.sh"):
+    for name in SCRIPT_NAMES:
         path = SCRIPTS / name
         assert os.access(path, os.X_OK), f"{name} is not executable"
         assert path.read_text().startswith("#!/usr/bin/env bash\n")
