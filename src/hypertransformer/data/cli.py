@@ -1,4 +1,5 @@
-"""``hypertransformer data info|show``: inspect a dataset split and look at sampled episodes."""
+"""``hypertransformer data info|show|download|prepare``: inspect a dataset split, look at sampled
+episodes, fetch Omniglot, decode miniImageNet/tieredImageNet into their cache."""
 
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--data-dir", default=None, help="folder holding the raw dataset")
         p.add_argument("--data-numpy-dir", default="",
                        help="folder of NumPy caches (<name>.npy or <name>/)")
-        p.add_argument("--image-size", type=int, default=28,
-                       help="images are resized to this side at load (default 28)")
-        p.add_argument("--channels", type=int, default=1, choices=(1, 3),
-                       help="1 = gray, 3 = RGB (default 1)")
+        p.add_argument("--image-size", type=int, default=None,
+                       help="images are resized to this side at load (default 84 for "
+                            "miniimagenet/tieredimagenet, else 28)")
+        p.add_argument("--channels", type=int, default=None, choices=(1, 3),
+                       help="1 = gray, 3 = RGB (default 3 for miniimagenet/tieredimagenet, "
+                            "else 1)")
         p.add_argument("--shuffle-labels-seed", type=int, default=0,
                        help="> 0 permutes class identities before RANGES apply (SPEC §2.2)")
 
@@ -57,6 +60,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="base URL of the two zips (default: the official repository)")
     download.set_defaults(func=_download)
 
+    prepare = sub.add_parser(
+        "prepare", help="decode miniImageNet/tieredImageNet once into the memory-mapped cache",
+        description="Decode the dataset's files once into the uint8 cache that every later "
+                    "run memory-maps (docs/data.md).")
+    prepare.add_argument("dataset", choices=("miniimagenet", "tieredimagenet"))
+    prepare.add_argument("--from", dest="source", required=True, metavar="PATH",
+                         help="the folder with the dataset's files (what later runs get as "
+                              "--data-dir / --data_dir)")
+    prepare.add_argument("--dest", default=None,
+                         help="cache folder (default $HT_CACHE_DIR, else "
+                              "~/.cache/hypertransformer); later runs need HT_CACHE_DIR=DEST")
+    prepare.add_argument("--image-size", type=int, default=84,
+                         help="side of the cached images (default 84, the presets' size)")
+    prepare.add_argument("--channels", type=int, default=3, choices=(1, 3),
+                         help="1 = gray, 3 = RGB (default 3)")
+    prepare.set_defaults(func=_prepare)
+
 
 def _download(args: argparse.Namespace) -> int:
     from hypertransformer.data.download import OFFICIAL_URL, download_omniglot
@@ -67,11 +87,29 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace) -> ClassDataset:
-    from hypertransformer.data.registry import load_dataset
+def _prepare(args: argparse.Namespace) -> int:
+    from hypertransformer.data.imagenet import prepare
 
+    if args.dest is not None:
+        require_directory(args.dest, "--dest")
+        Path(args.dest).mkdir(parents=True, exist_ok=True)
+    ds, npy = prepare(args.dataset, args.source, image_size=args.image_size,
+                      channels=args.channels, cache_root=Path(args.dest) if args.dest else None)
+    counts = ds.samples_per_class
+    print(f"{args.dataset}: {ds.num_classes} classes, {sum(counts)} images of "
+          f"{'x'.join(map(str, ds.image_shape))} in {npy} ({npy.stat().st_size / 1e9:.2f} GB)")
+    hint = f"HT_CACHE_DIR={args.dest} " if args.dest else ""
+    print(f"later runs memory-map it: {hint}... --data-dir {args.source}")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> ClassDataset:
+    from hypertransformer.data.registry import default_image_args, load_dataset
+
+    size, channels = default_image_args(args.dataset)
     return load_dataset(args.dataset, data_dir=args.data_dir, data_numpy_dir=args.data_numpy_dir,
-                        image_size=args.image_size, channels=args.channels,
+                        image_size=size if args.image_size is None else args.image_size,
+                        channels=channels if args.channels is None else args.channels,
                         shuffle_labels_seed=args.shuffle_labels_seed)
 
 

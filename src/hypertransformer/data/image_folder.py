@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -44,14 +45,18 @@ def load_image_folder(root: str | Path, image_size: int = 28, channels: int = 1)
         if not files:
             raise DatasetError(f"class folder {folder} holds no images "
                                f"({', '.join(IMAGE_EXTENSIONS)}); add some or remove it")
-        classes.append(np.concatenate([_read(f, image_size, channels) for f in files]))
+        classes.append(np.concatenate([read_image(f, image_size, channels) for f in files]))
     return ClassDataset(root.name, classes, [f.name for f in folders])
 
 
-def _read(file: Path, image_size: int, channels: int) -> np.ndarray:
+def read_image(file: Path | BinaryIO, image_size: int, channels: int,
+               where: object = None) -> np.ndarray:
+    """One image (a path or an open binary file) as uint8 ``[1, image_size, image_size,
+    channels]``; an unreadable one raises :class:`DatasetError` naming ``where`` (default
+    ``file``)."""
     try:
         with Image.open(file) as im:
             pixels = np.asarray(im.convert("L" if channels == 1 else "RGB"))
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"cannot read image {file}: {e}") from e
+        raise DatasetError(f"cannot read image {file if where is None else where}: {e}") from e
     return fit_images(pixels.reshape(1, *pixels.shape[:2], channels), image_size, channels)

@@ -5,7 +5,8 @@ Resolution of ``name``:
 1. ``data_numpy_dir`` holds ``<name>.npy`` or ``<name>/``: that NumPy cache (any name).
 2. Otherwise by name: ``omniglot`` (``data_dir``, default ``$HT_OMNIGLOT_DIR``), ``glyphs``
    (built in, offline; ``data_dir`` unused), ``folder`` (``data_dir`` is the image-folder
-   root), ``miniimagenet`` / ``tieredimagenet`` (not supported yet).
+   root), ``miniimagenet`` / ``tieredimagenet`` (``data_dir`` holds any of their common forms,
+   :mod:`hypertransformer.data.imagenet`; decoded once into a memory-mapped cache).
 
 A whole dataset is kept in a small in-process memo, keyed by its resolved source,
 ``image_size`` and ``channels``, so train and test specs of one dataset decode it once.
@@ -22,6 +23,7 @@ from typing import Any
 from hypertransformer.config import Config
 from hypertransformer.data.base import ClassDataset, DatasetError
 from hypertransformer.data.image_folder import load_image_folder
+from hypertransformer.data.imagenet import CHANNELS, FORMS, IMAGE_SIZE, load_imagenet
 from hypertransformer.data.numpy_cache import check_image_args, find_numpy_cache, load_numpy_cache
 from hypertransformer.data.omniglot import load_omniglot, omniglot_dir
 from hypertransformer.data.specs import parse_spec, shuffle_permutation, split_presets
@@ -46,10 +48,9 @@ def _omniglot(path: Path | None, image_size: int, channels: int) -> ClassDataset
     return load_omniglot(path, image_size=image_size, channels=channels)
 
 
-def _not_supported(name: str) -> Callable[[Path | None, int, int], ClassDataset]:
+def _imagenet(name: str) -> Callable[[Path | None, int, int], ClassDataset]:
     def load(path: Path | None, image_size: int, channels: int) -> ClassDataset:
-        raise DatasetError(f"dataset {name!r} is not supported yet; use a NumPy cache of it "
-                           f"(data_numpy_dir with {name}.npy or {name}/) instead")
+        return load_imagenet(name, path, image_size=image_size, channels=channels)
     return load
 
 
@@ -63,10 +64,17 @@ _LOADERS: dict[str, Callable[[Path | None, int, int], ClassDataset]] = {
     "omniglot": _omniglot,
     "glyphs": _glyphs,
     "folder": _folder,
-    "miniimagenet": _not_supported("miniimagenet"),
-    "tieredimagenet": _not_supported("tieredimagenet"),
+    "miniimagenet": _imagenet("miniimagenet"),
+    "tieredimagenet": _imagenet("tieredimagenet"),
 }
 KNOWN_DATASETS = tuple(_LOADERS)
+
+
+def default_image_args(spec: str) -> tuple[int, int]:
+    """``(image_size, channels)`` a dataset is used at unless told otherwise: 84 px RGB for
+    miniImageNet and tieredImageNet (their presets), 28 px gray for the rest."""
+    name, _ = parse_spec(spec)
+    return (IMAGE_SIZE, CHANNELS) if name in FORMS else (28, 1)
 
 
 def load_dataset(spec: str, *, data_dir: str | Path | None = None,

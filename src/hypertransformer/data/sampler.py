@@ -52,6 +52,7 @@ from hypertransformer.data.augment import (
     augment_natural_images,
 )
 from hypertransformer.data.base import ClassDataset, DatasetError
+from hypertransformer.data.memmap import pack_classes
 
 
 @dataclass
@@ -149,11 +150,12 @@ class EpisodeSampler:
 
         counts = dataset.samples_per_class
         self._counts = torch.tensor(counts, dtype=torch.long)
-        self._offsets = torch.tensor(np.cumsum([0] + counts[:-1]), dtype=torch.long)
         self._max_count = max(counts)
         self._ragged = min(counts) != self._max_count
-        # [total, H, W, C] uint8; batches are moved to [C, H, W] after the gather.
-        self._images = torch.from_numpy(np.concatenate(dataset.classes, axis=0))
+        # [total, H, W, C] uint8 (batches are moved to [C, H, W] after the gather): one packed
+        # copy of the classes, or for a memory-mapped dataset (data.memmap) the memmap itself,
+        # gathered from without a copy.
+        self._offsets, self._images = pack_classes(dataset.classes)
 
         self.augmentation = augmentation or AugmentationConfig()
         self._augmenter = Augmenter(self.augmentation)
