@@ -1,4 +1,5 @@
-"""Where tests find the real Omniglot: ``$HT_OMNIGLOT_DIR`` or ``<repo>/../shared/data/omniglot``.
+"""Where tests find the real data: Omniglot (``$HT_OMNIGLOT_DIR`` or
+``<repo>/../shared/data/omniglot``) and Ravi's miniImageNet split CSVs.
 
 Missing data skips the real-data tests on a user's machine and fails them in CI (``CI`` set),
 where ``../shared`` is always present.
@@ -20,4 +21,16 @@ def omniglot_dir() -> Path:
         if os.environ.get("CI"):
             pytest.fail(f"real Omniglot data missing at {path} (CI must have it)")
         pytest.skip(f"real Omniglot data missing at {path} (set HT_OMNIGLOT_DIR)")
+    return path
+
+
+def mini_splits_dir() -> Path:
+    """Ravi's miniImageNet split CSVs (class lists only): ``$HT_MINI_SPLITS_DIR`` or
+    ``<repo>/../shared/data/miniimagenet_splits``; missing ones skip (fail in CI)."""
+    path = Path(os.environ.get("HT_MINI_SPLITS_DIR")
+                or REPO.parent / "shared" / "data" / "miniimagenet_splits")
+    if not all((path / f"{s}.csv").is_file() for s in ("train", "val", "test")):
+        if os.environ.get("CI"):
+            pytest.fail(f"the miniImageNet split CSVs are missing at {path} (CI must have them)")
+        pytest.skip(f"the miniImageNet split CSVs are missing at {path} (set HT_MINI_SPLITS_DIR)")
     return path

@@ -181,21 +181,37 @@ def test_registry_errors(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name,sizes", [("miniimagenet", (64, 16, 20)),
                                         ("tieredimagenet", (351, 97, 160))])
-def test_imagenet_variants_not_supported_yet_but_their_numpy_caches_are(tmp_path, name, sizes):
-    """No loader reads the miniImageNet/tieredImageNet files yet (a later issue): the error says
-    so, also with a data_dir, and names the way out, a NumPy cache of that name, which the
-    preset splits then cut (SPEC §2.2)."""
-    for data_dir in (None, tmp_path):
-        with pytest.raises(DatasetError, match=f"{name}' is not supported yet") as info:
-            load_dataset(f"{name}:train", data_dir=data_dir)
-        assert f"{name}.npy or {name}/" in str(info.value)
+def test_imagenet_variants_load_their_files_and_their_numpy_caches(tmp_path, name, sizes):
+    """The registry reads miniImageNet/tieredImageNet from data_dir (tiny fixtures in the real
+    forms, tests/imagenet_fixtures.py), and the preset splits cut them (SPEC §2.2); a NumPy
+    cache of that name in data_numpy_dir still wins.  Without data_dir the error says what to
+    pass; an empty one, which files it looked for."""
+    from imagenet_fixtures import write_mini_pickles, write_tiered
+
+    with pytest.raises(DatasetError, match=f"dataset '{name}' needs data_dir"):
+        load_dataset(f"{name}:train")
+    with pytest.raises(DatasetError, match=f"no {name} in {tmp_path}: looked for "):
+        load_dataset(f"{name}:train", data_dir=tmp_path)
+    root = tmp_path / name
+    if name == "miniimagenet":
+        write_mini_pickles(root, per_class=1, size=4)
+    else:
+        write_tiered(root, "npz", size=4)
+    first = 0
+    for split, size in zip(("train", "val", "test"), sizes, strict=True):
+        ds = load_dataset(f"{name}:{split}", data_dir=root, image_size=4, channels=3)
+        got = [256 * int(c[0, 0, 0, 1]) + int(c[0, 0, 0, 0]) for c in ds.classes]  # g, g // 256
+        assert got == list(range(first, first + size))
+        first += size
+
     ids = np.arange(sum(sizes))
     images = np.zeros((len(ids), 1, 2, 2), np.uint8)  # pixels (0, 0), (0, 1): the class id
     images[:, 0, 0, 0], images[:, 0, 0, 1] = ids // 256, ids % 256
     np.save(tmp_path / f"{name}.npy", images)
     first = 0
     for split, size in zip(("train", "val", "test"), sizes, strict=True):
-        ds = load_dataset(f"{name}:{split}", data_numpy_dir=tmp_path, image_size=2)
+        ds = load_dataset(f"{name}:{split}", data_numpy_dir=tmp_path, data_dir=root,
+                          image_size=2)
         got = [256 * int(c[0, 0, 0, 0]) + int(c[0, 0, 1, 0]) for c in ds.classes]
         assert got == list(range(first, first + size))
         first += size
