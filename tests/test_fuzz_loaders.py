@@ -2,9 +2,11 @@
 ``DatasetError`` naming that file, never another exception type.
 
 Covered: Omniglot (zips and extracted folders), dense and folder NumPy caches, image folders,
-the registry's ``data_numpy_dir``, and the derived caches of Omniglot and glyphs (damage there
-is not an error: the cache is rebuilt).  Fixtures are tiny, written in ``tmp_path`` in the
-exact on-disk formats; all randomness comes from NumPy generators with fixed seeds.
+the registry's ``data_numpy_dir``, miniImageNet (pickles, CSV + JPEGs) and tieredImageNet (npz,
+PNG pickles, labels pickles), and the derived caches of Omniglot, glyphs and the ImageNet
+variants (damage there is not an error: the cache is rebuilt).  Fixtures are tiny, written in
+``tmp_path`` in the exact on-disk formats; all randomness comes from NumPy generators with fixed
+seeds.
 """
 
 from __future__ import annotations
@@ -13,19 +15,22 @@ import io
 import json
 import pickle
 import struct
+import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from imagenet_fixtures import write_mini_csv, write_mini_pickles, write_tiered
 from PIL import Image
 from test_datasets import fake_png, write_fake_omniglot
 
-from hypertransformer.data import glyphs
+from hypertransformer.data import glyphs, imagenet
 from hypertransformer.data import omniglot as omniglot_mod
 from hypertransformer.data.base import ClassDataset, DatasetError
 from hypertransformer.data.image_folder import load_image_folder
+from hypertransformer.data.imagenet import load_imagenet
 from hypertransformer.data.numpy_cache import load_numpy_cache
 from hypertransformer.data.omniglot import load_omniglot
 from hypertransformer.data.registry import clear_memo, load_dataset
@@ -445,3 +450,253 @@ def test_image_folder_root_that_is_a_file(tmp_path):
     message = expect_error(lambda: load_dataset("folder", data_dir=tmp_path / "photos.png"),
                            "photos.png")
     assert "is a file, not a folder" in message
+
+
+# ---- miniImageNet and tieredImageNet (fixtures: tests/imagenet_fixtures.py) ------------------
+def load_mini(root: Path) -> ClassDataset:
+    return load_imagenet("miniimagenet", root, image_size=4)
+
+
+def load_tiered(root: Path) -> ClassDataset:
+    return load_imagenet("tieredimagenet", root, image_size=4)
+
+
+def no_temporary_files(tmp_path: Path) -> None:
+    """A build that failed left nothing behind in the cache."""
+    assert not list((tmp_path / "cache").glob(".*")), "a temporary cache file was left"
+
+
+def mini_train(root: Path) -> dict:
+    return pickle.loads((root / "mini-imagenet-cache-train.pkl").read_bytes())
+
+
+def with_entry(data: dict, key: str, value: object) -> bytes:
+    return pickle.dumps({**data, key: value})
+
+
+MINI_PICKLE_DAMAGE: dict[str, Callable[[dict, bytes, np.random.Generator], bytes]] = {
+    "random bytes": lambda d, raw, rng: rng.bytes(500),
+    "empty file": lambda d, raw, rng: b"",
+    "truncated": lambda d, raw, rng: cut(raw, rng, 1, len(raw) - 1),
+    "pickle of a missing module": lambda d, raw, rng: b"cno_such_module\nthing\n.",
+    "a list, not a dict": lambda d, raw, rng: pickle.dumps([d["image_data"], d["class_dict"]]),
+    "no class_dict": lambda d, raw, rng: pickle.dumps({"image_data": d["image_data"]}),
+    "float32 images": lambda d, raw, rng: with_entry(d, "image_data",
+                                                     d["image_data"].astype(np.float32)),
+    "gray images [N, H, W]": lambda d, raw, rng: with_entry(d, "image_data",
+                                                            d["image_data"][..., 0]),
+    "images a list": lambda d, raw, rng: with_entry(d, "image_data", list(d["image_data"])),
+    "class_dict a list": lambda d, raw, rng: with_entry(d, "class_dict", list(d["class_dict"])),
+    "index out of range": lambda d, raw, rng: with_entry(
+        d, "class_dict", {**d["class_dict"], min(d["class_dict"]): [len(d["image_data"])]}),
+    "empty class": lambda d, raw, rng: with_entry(
+        d, "class_dict", {**d["class_dict"], min(d["class_dict"]): []}),
+    "index strings": lambda d, raw, rng: with_entry(
+        d, "class_dict", {**d["class_dict"], min(d["class_dict"]): ["0"]}),
+}
+
+
+@pytest.mark.parametrize("damage", MINI_PICKLE_DAMAGE)
+def test_mini_damaged_pickle(tmp_path, damage):
+    root = write_mini_pickles(tmp_path / "mini", per_class=1, size=4)
+    path = root / "mini-imagenet-cache-train.pkl"
+    path.write_bytes(MINI_PICKLE_DAMAGE[damage](mini_train(root), path.read_bytes(),
+                                                rng_for(damage)))
+    expect_error(lambda: load_mini(root), "mini-imagenet-cache-train.pkl")
+    expect_error(lambda: load_dataset("miniimagenet:test", data_dir=root, image_size=4),
+                 "mini-imagenet-cache-train.pkl")  # any split needs the whole dataset
+
+
+@pytest.mark.parametrize("seed", CORRUPTION_SEEDS)
+def test_mini_random_corruption_of_a_pickle(tmp_path, seed):
+    root = write_mini_pickles(tmp_path / "mini", per_class=1, size=4)
+    path = root / "mini-imagenet-cache-val.pkl"
+    path.write_bytes(flip_bytes(path.read_bytes(), np.random.default_rng([SEED, seed]), 3))
+    loads_or_names(lambda: load_mini(root), "mini-imagenet-cache-val.pkl")
+
+
+CSV_DAMAGE: dict[str, tuple[str, Callable[[bytes, np.random.Generator], bytes]]] = {
+    "csv random bytes": ("train.csv", lambda data, rng: b"\xff\xfe" + rng.bytes(300)),
+    "csv empty": ("train.csv", lambda data, rng: b""),
+    "csv without header": ("train.csv", lambda data, rng: data.split(b"\n", 1)[1]),
+    "csv short row": ("train.csv", lambda data, rng: data + b"n0000000000000001.jpg\n"),
+    "csv header only": ("train.csv", lambda data, rng: b"filename,label\n"),
+    "jpeg truncated": ("JPEG", lambda data, rng: cut(data, rng, 100, len(data) - 100)),
+    "jpeg random bytes": ("JPEG", lambda data, rng: b"\xff\xd8\xff" + rng.bytes(300)),
+    "jpeg empty": ("JPEG", lambda data, rng: b""),
+}
+
+
+@pytest.mark.parametrize("damage", CSV_DAMAGE)
+def test_mini_csv_damage(tmp_path, damage):
+    root = write_mini_csv(tmp_path / "mini", per_class=1, size=8)
+    target, change = CSV_DAMAGE[damage]
+    path = root / target if target.endswith(".csv") else sorted((root / "images").iterdir())[7]
+    path.write_bytes(change(path.read_bytes(), rng_for(damage)))
+    expect_error(lambda: load_mini(root), path.name)
+    no_temporary_files(tmp_path)
+
+
+def test_mini_csv_image_missing(tmp_path):
+    root = write_mini_csv(tmp_path / "mini", per_class=1, size=8)
+    missing = sorted((root / "images").iterdir())[-1]
+    missing.unlink()
+    message = expect_error(lambda: load_mini(root), missing.name)
+    assert "No such file" in message
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def npz_claiming_more_rows(images: np.ndarray) -> bytes:
+    """A consistent zip whose images.npy header says one image more than it stores."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (len(images) + 1, *images.shape[1:])})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("images.npy", header.getvalue() + images.tobytes())
+    return buf.getvalue()
+
+
+def tiered_train_images(root: Path) -> np.ndarray:
+    return np.load(root / "train_images.npz")["images"]
+
+
+NPZ_DAMAGE: dict[str, Callable[[np.ndarray, bytes, np.random.Generator], bytes]] = {
+    "random bytes": lambda im, raw, rng: rng.bytes(len(raw)),
+    "empty file": lambda im, raw, rng: b"",
+    "truncated": lambda im, raw, rng: cut(raw, rng, 1, len(raw) - 1),
+    "no images array": lambda im, raw, rng: npz_bytes(data=im),
+    "float32 images": lambda im, raw, rng: npz_bytes(images=im.astype(np.float32)),
+    "gray images [N, H, W]": lambda im, raw, rng: npz_bytes(images=im[..., 0]),
+    "4 channels": lambda im, raw, rng: npz_bytes(images=np.concatenate([im, im[..., :1]], -1)),
+    "Fortran order": lambda im, raw, rng: npz_bytes(images=np.asfortranarray(im)),
+    "object array": lambda im, raw, rng: (lambda buf: np.savez(buf, images=np.array(
+        [None, 1], object)) or buf.getvalue())(io.BytesIO()),
+    "fewer images than labels": lambda im, raw, rng: npz_bytes(images=im[:-1]),
+    "header claims more images": lambda im, raw, rng: npz_claiming_more_rows(im),
+    "garbled array header": lambda im, raw, rng: (lambda buf: (
+        zipfile.ZipFile(buf, "w").writestr("images.npy", b"\x93NUMPY\x01\x00v\x00{'descr'")
+        or buf.getvalue()))(io.BytesIO()),
+}
+
+
+@pytest.mark.parametrize("damage", NPZ_DAMAGE)
+def test_tiered_damaged_npz(tmp_path, damage):
+    root = write_tiered(tmp_path / "tiered", "npz", size=4)
+    path = root / "train_images.npz"
+    path.write_bytes(NPZ_DAMAGE[damage](tiered_train_images(root), path.read_bytes(),
+                                        rng_for(damage)))
+    expect_error(lambda: load_tiered(root), "train_images.npz")
+    no_temporary_files(tmp_path)
+
+
+@pytest.mark.parametrize("seed", CORRUPTION_SEEDS)
+def test_tiered_random_corruption_of_a_stored_npz(tmp_path, seed):
+    root = write_tiered(tmp_path / "tiered", "npz", size=4, compressed=False)
+    path = root / "test_images.npz"
+    path.write_bytes(flip_bytes(path.read_bytes(), np.random.default_rng([SEED, seed]), 3))
+    loads_or_names(lambda: load_tiered(root), "test_images.npz")
+
+
+LABELS_DAMAGE: dict[str, Callable[[dict, bytes, np.random.Generator], bytes]] = {
+    "random bytes": lambda d, raw, rng: rng.bytes(200),
+    "empty file": lambda d, raw, rng: b"",
+    "truncated": lambda d, raw, rng: cut(raw, rng, 1, len(raw) - 1),
+    "a bare array": lambda d, raw, rng: pickle.dumps(d["label_specific"]),
+    "no label key": lambda d, raw, rng: pickle.dumps({"label_general": d["label_general"]}),
+    "float labels": lambda d, raw, rng: with_entry(d, "label_specific",
+                                                   d["label_specific"].astype(np.float32)),
+    "2-d labels": lambda d, raw, rng: with_entry(d, "label_specific",
+                                                 d["label_specific"][:, None]),
+    "no labels": lambda d, raw, rng: with_entry(d, "label_specific", []),
+    "one label too many": lambda d, raw, rng: with_entry(
+        d, "label_specific", np.r_[d["label_specific"], d["label_specific"][:1]]),
+}
+
+
+@pytest.mark.parametrize("form", ["png", "npz"])
+@pytest.mark.parametrize("damage", LABELS_DAMAGE)
+def test_tiered_damaged_labels(tmp_path, damage, form):
+    root = write_tiered(tmp_path / "tiered", form, size=4, label_key="label_specific")
+    path = root / "train_labels.pkl"
+    data = pickle.loads(path.read_bytes())
+    path.write_bytes(LABELS_DAMAGE[damage](data, path.read_bytes(), rng_for(damage)))
+    message = expect_error(lambda: load_tiered(root), "train_labels.pkl")
+    if damage == "one label too many":  # the images' file or the labels' is wrong: both named
+        assert f"train_images{'_png.pkl' if form == 'png' else '.npz'}" in message
+    no_temporary_files(tmp_path)
+
+
+def pngs_with(root: Path, index: int, item: object) -> bytes:
+    pngs = pickle.loads((root / "train_images_png.pkl").read_bytes())
+    pngs[index] = item
+    return pickle.dumps(pngs)
+
+
+PNG_PICKLE_DAMAGE: dict[str, tuple[str, Callable[[Path, bytes, np.random.Generator], bytes]]] = {
+    "random bytes": ("train_images_png.pkl", lambda root, raw, rng: rng.bytes(500)),
+    "truncated": ("train_images_png.pkl", lambda root, raw, rng: cut(raw, rng, 1, len(raw) - 1)),
+    "a dict": ("train_images_png.pkl", lambda root, raw, rng: pickle.dumps({"images": 1})),
+    "one image missing": ("train_images_png.pkl", lambda root, raw, rng: pickle.dumps(
+        pickle.loads(raw)[:-1])),
+    **{f"image {name}": ("train_images_png.pkl[5]",
+                         lambda root, raw, rng, make=make: pngs_with(root, 5, make(rng)))
+       for name, make in PNG_DAMAGE.items()},
+    "image an int": ("train_images_png.pkl[5]", lambda root, raw, rng: pngs_with(root, 5, 7)),
+    "image float bytes": ("train_images_png.pkl[5]", lambda root, raw, rng: pngs_with(
+        root, 5, np.zeros(10, np.float32))),
+}
+
+
+@pytest.mark.parametrize("damage", PNG_PICKLE_DAMAGE)
+def test_tiered_damaged_png_pickle(tmp_path, damage):
+    root = write_tiered(tmp_path / "tiered", "png", size=4)
+    name, change = PNG_PICKLE_DAMAGE[damage]
+    path = root / "train_images_png.pkl"
+    path.write_bytes(change(root, path.read_bytes(), rng_for(damage)))
+    expect_error(lambda: load_tiered(root), name)
+    no_temporary_files(tmp_path)
+
+
+IMAGENET_CACHE_DAMAGE: dict[str, tuple[str, Callable[[bytes, np.random.Generator], bytes]]] = {
+    **{k: v for k, v in OMNIGLOT_CACHE_DAMAGE.items() if k.startswith("npy")},
+    "npy holds int16": ("npy", lambda data, rng: npy_bytes(np.zeros((100, 4, 4, 3), np.int16))),
+    "npy of another size": ("npy", lambda data, rng: npy_bytes(np.zeros((100, 2, 2, 3),
+                                                                         np.uint8))),
+    "npy one image short": ("npy", lambda data, rng: npy_bytes(np.zeros((99, 4, 4, 3),
+                                                                         np.uint8))),
+    "npy empty": ("npy", lambda data, rng: b""),
+    "json a list": ("json", lambda data, rng: b'["a"]'),
+    "json random bytes": ("json", lambda data, rng: rng.bytes(len(data))),
+    "json counts off": ("json", lambda data, rng: json.dumps(
+        {**json.loads(data), "counts": [2] * 100}).encode()),
+    "json names missing": ("json", lambda data, rng: json.dumps(
+        {"counts": json.loads(data)["counts"]}).encode()),
+}
+
+
+@pytest.mark.parametrize("damage", IMAGENET_CACHE_DAMAGE)
+def test_imagenet_damaged_cache_is_rebuilt(tmp_path, monkeypatch, damage):
+    root = write_mini_pickles(tmp_path / "mini", per_class=1, size=4)
+    first = load_mini(root)
+    # In-memory copies: the damage below rewrites the mapped file in place, which no writer of
+    # this project does (they replace files) and after which the old mapping must not be read.
+    names, expected = first.class_names, [np.array(c) for c in first.classes]
+    del first
+    suffix, change = IMAGENET_CACHE_DAMAGE[damage]
+    (cached,) = (tmp_path / "cache").glob(f"miniimagenet_*.{suffix}")
+    cached.write_bytes(change(cached.read_bytes(), rng_for(damage)))
+    decoded = []
+    decode = imagenet._decode
+    monkeypatch.setattr(imagenet, "_decode", lambda *a: decoded.append(1) or decode(*a))
+    again = load_mini(root)
+    assert decoded == [1]  # the damaged cache was not used but rebuilt
+    assert again.class_names == names
+    for a, b in zip(again.classes, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert load_mini(root).num_classes == 100 and decoded == [1]  # and the rebuild is used

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from hypertransformer.data.base import ClassDataset, DatasetError
 from hypertransformer.data.numpy_cache import check_image_args, fit_images
@@ -58,5 +58,8 @@ def read_image(file: Path | BinaryIO, image_size: int, channels: int,
         with Image.open(file) as im:
             pixels = np.asarray(im.convert("L" if channels == 1 else "RGB"))
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"cannot read image {file if where is None else where}: {e}") from e
+        reason = ("not in an image format PIL knows (damaged?)"
+                  if isinstance(e, UnidentifiedImageError) else e)
+        raise DatasetError(f"cannot read image {file if where is None else where}: "
+                           f"{reason}") from e
     return fit_images(pixels.reshape(1, *pixels.shape[:2], channels), image_size, channels)
