@@ -106,13 +106,14 @@ class Form:
                 and all((root / f).is_dir() for f in self.folders))
 
     def fingerprint(self, root: Path) -> list[str]:
-        """``path|size|mtime`` of every file of the form (and of every file in its folders)."""
-        paths = self.files(root)
+        """``path|size|mtime`` of every file of the form and of every file in its folders."""
+        lines = [f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+                 for p, st in ((p, p.stat()) for p in self.files(root))]
         for folder in self.folders:
             with os.scandir(root / folder) as entries:
-                paths += sorted(Path(e.path) for e in entries if e.is_file())
-        return [f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-                for p, st in ((p, p.stat()) for p in paths)]
+                lines += sorted(f"{folder}/{e.name}|{st.st_size}|{st.st_mtime_ns}"
+                                for e in entries if e.is_file() for st in [e.stat()])
+        return lines
 
 
 # ---- shared readers -------------------------------------------------------------------------
