@@ -92,6 +92,18 @@ def test_data_download_dest_is_a_file(env, tmp_path, a_file):
     assert message == f"--dest {a_file} is a file; give a directory"
 
 
+def test_data_prepare_without_the_files_or_with_dest_a_file(env, tmp_path, a_file):
+    message = error_line(run(env, tmp_path, "data", "prepare", "tieredimagenet", "--from",
+                             str(tmp_path)),
+                         "hypertransformer data prepare")
+    assert message.startswith(f"no tieredimagenet in {tmp_path}: looked for "
+                              "{train,val,test}_images.npz + {train,val,test}_labels.pkl or ")
+    message = error_line(run(env, tmp_path, "data", "prepare", "miniimagenet", "--from",
+                             str(tmp_path), "--dest", str(a_file)),
+                         "hypertransformer data prepare")
+    assert message == f"--dest {a_file} is a file; give a directory"
+
+
 def test_unusable_cache_dir(env, tmp_path, a_file):
     # Tests run as root, whom chmod does not stop: a cache dir below a file cannot be created.
     cache = a_file / "cache"
