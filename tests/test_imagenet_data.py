@@ -264,6 +264,27 @@ def test_sampler_gathers_from_the_memmap_without_a_copy(tmp_path):
     assert a.support_x.shape == (2, 10, 3, 84, 84)
 
 
+def test_memory_stays_far_below_the_decoded_size(tmp_path, monkeypatch):
+    """Decoding streams the npz a chunk at a time into the cache file, and a sampler on the
+    mapped split allocates nothing in proportion to it: the heap's peak (tracemalloc, which
+    sees NumPy's and Python's allocations) stays a small fraction of the decoded bytes."""
+    import tracemalloc
+
+    root = write_tiered(tmp_path / "tiered", "npz", per_class=2, compressed=False)
+    monkeypatch.setattr(imagenet, "_CHUNK", 32)
+    decoded = sum(sum(tiered_counts(s, 2)) for s in SPLITS) * 84 * 84 * 3
+    tracemalloc.start()
+    try:
+        ds = load_imagenet("tieredimagenet", root)
+        assert tracemalloc.get_traced_memory()[1] < decoded / 8
+        train = ds.subset(range(TIERED_SIZES["train"]))
+        tracemalloc.reset_peak()
+        EpisodeSampler(train, num_labels=5, support_size=5, query_size=10).sample(2)
+        assert tracemalloc.get_traced_memory()[1] < decoded / 10  # a copy: the split, ~58%
+    finally:
+        tracemalloc.stop()
+
+
 # ---- the command line -----------------------------------------------------------------------
 def cli(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "hypertransformer.cli", *argv], env=env,
