@@ -31,7 +31,8 @@ then resize and ``x/128 - 1``, then the natural-image augmentations when configu
 Images are resized to ``image_size`` (default: the dataset's height) after augmentation.
 
 Speed: every class is packed once into one uint8 tensor with per-class offsets (a copy of the
-split's images, made at construction), and all indices
+split's images, made at construction; a memory-mapped dataset, :mod:`.memmap`, is gathered
+from in place, without a copy), and all indices
 are computed with vectorised tensor maths over ``[T, N]``; one ``torch.Generator`` drives every
 random choice, so a seed (and :meth:`EpisodeSampler.state_dict`) reproduces the stream exactly.
 """
