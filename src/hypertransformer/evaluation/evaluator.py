@@ -95,7 +95,8 @@ def confidence_interval(task_accuracies: list[float] | np.ndarray) -> tuple[floa
 
 
 def _task_seed(seed: int, task: int) -> int:
-    return int(np.random.SeedSequence((seed, task)).generate_state(1, np.uint64)[0] >> 1)
+    # int() first: NumPy 1.x has no right shift of a np.uint64 by a Python int
+    return int(np.random.SeedSequence((seed, task)).generate_state(1, np.uint64)[0]) >> 1
 
 
 def sample_tasks(sampler: Sampler, first: int, count: int, num_batches: int,

@@ -450,8 +450,8 @@ class _Trainer:
             signal.signal(signal.SIGINT, self._on_sigint)
         main = self.world.main
         # On a resume, TensorBoard hides events past the checkpoint from the earlier run.
-        writer = SummaryWriter(str(self.log_dir), purge_step=self.step + 1 if self.step else None
-                               ) if main else None
+        # (also at step 0: a run killed before its first checkpoint left events behind)
+        writer = SummaryWriter(str(self.log_dir), purge_step=self.step + 1) if main else None
         bar = tqdm(total=cfg.train_steps, initial=self.step, disable=not self.progress,
                    dynamic_ncols=True, unit="step")
         interrupted = False
