@@ -425,3 +425,13 @@ def test_merged_ht_generates_from_the_union_with_global_labels():
     extra = batch.task(0)
     with pytest.raises(ValueError, match="cannot merge 4"):
         stream.learn(extra.support_x, extra.support_y)
+
+
+def test_model_summary_of_the_continual_presets(capsys):
+    from hypertransformer.cli import main
+
+    assert main(["model-summary", "cht_omniglot_task"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ContinualHyperTransformer") and "32+5" in out  # D = 32 tokens
+    assert main(["model-summary", "protonet_omniglot_continual"]) == 0
+    assert "nothing generated" in capsys.readouterr().out

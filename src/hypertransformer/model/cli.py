@@ -8,6 +8,8 @@ import json
 from torch import nn
 
 from hypertransformer import presets
+from hypertransformer.model import build_model
+from hypertransformer.model.continual import ContinualHyperTransformer
 from hypertransformer.model.hypertransformer import HyperTransformer
 
 
@@ -20,7 +22,7 @@ def layer_table(model: HyperTransformer) -> list[dict[str, int | str]]:
             for name, g in model.generators.items()]
 
 
-def parameter_table(model: HyperTransformer) -> list[tuple[str, int]]:
+def parameter_table(model: nn.Module) -> list[tuple[str, int]]:
     """Trainable parameters per top-level module (generators split per layer)."""
     rows: list[tuple[str, int]] = []
 
@@ -36,9 +38,13 @@ def parameter_table(model: HyperTransformer) -> list[tuple[str, int]]:
 
 
 def summary(preset: str, overrides: dict[str, object] | None = None) -> dict[str, object]:
-    model = HyperTransformer(presets.load(preset, **(overrides or {})))
-    params = parameter_table(model)
-    return {"preset": preset, "layers": layer_table(model),
+    """The preset's model (``model_type``): its generated layers (none for the ProtoNet) and
+    parameters; a Continual HT's are those of the HT it is built on."""
+    model = build_model(presets.load(preset, **(overrides or {})))
+    ht = model.ht if isinstance(model, ContinualHyperTransformer) else model
+    params = parameter_table(ht)
+    return {"preset": preset, "model": type(model).__name__,
+            "layers": layer_table(ht) if isinstance(ht, HyperTransformer) else [],
             "parameters": dict(params), "total_parameters": sum(n for _, n in params)}
 
 
@@ -47,8 +53,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(s))
         return 0
-    print(f"HyperTransformer, preset {args.preset}\n")
-    print(f"{'generated layer':<16}{'token width':>12}{'block':>8}{'tokens':>14}{'features':>10}")
+    print(f"{s['model']}, preset {args.preset}\n")
+    if not s["layers"]:
+        print("nothing generated: every weight is trained")
+    else:
+        print(f"{'generated layer':<16}{'token width':>12}{'block':>8}{'tokens':>14}"
+              f"{'features':>10}")
     for r in s["layers"]:  # type: ignore[union-attr]
         tokens = f"{r['weight_tokens']}+{r['sample_tokens']}"
         print(f"{r['layer']:<16}{r['token_width']:>12}{r['block_size']:>8}{tokens:>14}"
