@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "train", help="train a HyperTransformer (resumes a log dir with a checkpoint)",
-        description="Train a HyperTransformer from a preset. A log directory that holds a "
+        "train", help="train a HyperTransformer, a Continual HT or a baseline (resumes a log "
+                      "dir with a checkpoint)",
+        description="Train the preset's model (model_type: ht, cht, merged_ht, protonet). "
+                    "A log directory that holds a "
                     "checkpoint is resumed. Ctrl-C saves a checkpoint and exits with 130.")
     p.add_argument("--preset", required=True, choices=presets.names(),
                    help="the configuration to start from (SPEC §6 scripts, glyphs_demo)")

@@ -1,7 +1,8 @@
 """The training loop (SPEC §4): episodes in, optimiser steps, checkpoints, metrics.
 
 ``train(config, log_dir)`` trains the model of ``config.model_type`` (a
-:class:`HyperTransformer`, a Continual HT on sequences of tasks, or the ProtoNet baseline) on
+:class:`HyperTransformer`, a Continual HT or MergedHT on sequences of tasks, or the ProtoNet
+baseline) on
 episodes of ``config.train_dataset`` and writes into ``log_dir``:
 
 * ``config.json`` (at start), ``checkpoints/`` (see :mod:`.checkpoint`: every
