@@ -295,6 +295,11 @@ def test_evaluation_is_deterministic_and_shared_by_the_baseline():
     assert a["accuracy_matrix"] == b["accuracy_matrix"]
     assert len(a["accuracy_matrix"]) == 4 and [len(r) for r in a["accuracy_matrix"]] == [
         1, 2, 3, 4]
+    # the evaluation's scenario wins over the one the model was trained in
+    as_class = evaluate_continual(cht, cfg.replace(cht_scenario="class"), data, **kwargs)
+    assert as_class["scenario"] == "class"
+    assert as_class["accuracy_matrix"][0] == a["accuracy_matrix"][0]  # t = 0: the same
+    assert as_class["accuracy_matrix"][1:] != a["accuracy_matrix"][1:]
     pn_cfg = cfg.replace(model_type="protonet")
     pn = evaluate_continual(ProtoNet(pn_cfg), pn_cfg, data, **kwargs)
     # ConstPN: no weights change, stored prototypes -> the entries of a task never change

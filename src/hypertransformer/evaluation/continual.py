@@ -91,7 +91,7 @@ def evaluate_continual(model: nn.Module, config: Config, dataset: ClassDataset, 
         for first in range(0, num_sequences, SEQUENCES_PER_CALL):
             count = min(SEQUENCES_PER_CALL, num_sequences - first)
             batch = sample_tasks(sampler, first, count, num_batches, seed).to(device)
-            stream = TaskStream(model, recompute)
+            stream = TaskStream(model, recompute, config.cht_scenario)
             acc = torch.zeros(count, num_tasks, num_tasks)
             with torch.no_grad():
                 for t in range(num_tasks):

@@ -98,9 +98,16 @@ class TaskStream:
     learned tasks with the current weights, among the candidates of the scenario.
     """
 
-    def __init__(self, model: PrototypeModel, recompute: bool | None = None) -> None:
+    def __init__(self, model: PrototypeModel, recompute: bool | None = None,
+                 scenario: str | None = None) -> None:
+        """``recompute`` and ``scenario`` default to the model's config (an evaluation may
+        ask for another scenario than the model was trained in)."""
         cfg = model.config
-        self.model, self.scenario, self.num_labels = model, cfg.cht_scenario, cfg.num_labels
+        self.model, self.num_labels = model, cfg.num_labels
+        self.scenario = scenario or cfg.cht_scenario
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {', '.join(SCENARIOS)}; got "
+                             f"{self.scenario!r}")
         self.merged = isinstance(model, MergedHyperTransformer)
         self.recompute = self.merged or (
             cfg.cht_recompute_prototypes if recompute is None else recompute)
