@@ -198,10 +198,16 @@ class EpisodeSampler:
     def _rand(self, *shape: int) -> Tensor:
         return torch.rand(*shape, generator=self._generator)
 
-    def _random_classes(self, num_episodes: int, count: int) -> Tensor:
+    def random_classes(self, num_episodes: int, count: int) -> Tensor:
         """``count`` distinct classes of the split per episode, in random order."""
         keys = self._rand(num_episodes, self.dataset.num_classes)
         return keys.topk(count, dim=1, largest=False).indices
+
+    def draw_augmentation(self, num_episodes: int) -> AugmentationState | None:
+        """One augmentation state per episode (None when no augmentation is configured)."""
+        if not self.augmentation.active:
+            return None
+        return self._augmenter.draw(num_episodes, self.num_labels, self._generator)
 
     def _batch(self, counts: Tensor, items: tuple[Tensor, Tensor],
                exclude: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -243,7 +249,7 @@ class EpisodeSampler:
                                f"{num_episodes} and {query_batches}")
         t, n, s, u = num_episodes, self.num_labels, self.support_size, self.unlabeled_per_class
         if classes is None:
-            classes = self._random_classes(t, n)
+            classes = self.random_classes(t, n)
         elif classes.shape != (t, n):
             raise DatasetError(f"classes must be [{t}, {n}]; got {list(classes.shape)}")
         counts = self._counts[classes]
@@ -275,9 +281,7 @@ class EpisodeSampler:
                 p = self._rand(t, 1) * max_prob
                 mask &= ~(kind & (self._rand(t, s) < p))
 
-        state = augmentation
-        if state is None and self.augmentation.active:
-            state = self._augmenter.draw(t, n, self._generator)
+        state = augmentation or self.draw_augmentation(t)
         query_label = torch.cat([label for label, _ in queries], dim=1)
         query_slot = torch.cat([slot for _, slot in queries], dim=1)
         return EpisodeBatch(
@@ -303,6 +307,12 @@ class EpisodeSampler:
 
 
 SCENARIOS = ("task", "class", "minibatch")
+
+
+def check_scenario(scenario: str) -> None:
+    if scenario not in SCENARIOS:
+        raise DatasetError(f"cht_scenario must be one of {', '.join(SCENARIOS)}; got "
+                           f"{scenario!r}")
 
 
 @dataclass
@@ -343,9 +353,7 @@ class SequenceSampler:
     """
 
     def __init__(self, episodes: EpisodeSampler, num_tasks: int, scenario: str) -> None:
-        if scenario not in SCENARIOS:
-            raise DatasetError(f"cht_scenario must be one of {', '.join(SCENARIOS)}; got "
-                               f"{scenario!r}")
+        check_scenario(scenario)
         if num_tasks < 1:
             raise DatasetError(f"a sequence needs at least 1 task; got {num_tasks}")
         n, have = episodes.num_labels, episodes.dataset.num_classes
@@ -374,14 +382,14 @@ class SequenceSampler:
             raise DatasetError(f"num_sequences must be at least 1; got {num_sequences}")
         e, t, length, n = self.episodes, num_sequences, self.num_tasks, self.episodes.num_labels
         state = None
-        if self.scenario == "minibatch":
-            classes = e._random_classes(t, n).repeat_interleave(length, dim=0)
-            if e.augmentation.active:
-                drawn = e._augmenter.draw(t, n, e._generator)
+        if self.scenario == "minibatch":  # the same classes and augmentation in every chunk
+            classes = e.random_classes(t, n).repeat_interleave(length, dim=0)
+            drawn = e.draw_augmentation(t)
+            if drawn is not None:
                 state = AugmentationState(**{f.name: getattr(drawn, f.name).repeat_interleave(
                     length, dim=0) for f in fields(drawn)})
         else:
-            classes = e._random_classes(t, length * n).view(t * length, n)
+            classes = e.random_classes(t, length * n).view(t * length, n)
         batch = e.sample(t * length, query_batches, classes=classes, augmentation=state)
         return SequenceBatch(**{f.name: getattr(batch, f.name).unflatten(0, (t, length))
                                 for f in fields(batch)})

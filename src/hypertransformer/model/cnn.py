@@ -195,6 +195,13 @@ class ConvLayer(nn.Module):
         return batch_norm(x, e.gamma.reshape(-1), e.beta.reshape(-1), mask)
 
 
+def last_features(x: Tensor, num_tasks: int, flatten: bool) -> Tensor:
+    """The last conv layer's output [M, T·C, H, W] as per-task features [T, M, F]: flattened
+    (C, H, W) for ``maxpool-4-layer``, else averaged over H, W."""
+    x = from_grouped(x, num_tasks)
+    return x.flatten(2) if flatten else x.mean(dim=(-2, -1))
+
+
 class LogitsLayer(nn.Module):
     """flatten (or global average pool) → [dropout] → dense logits, generated per task."""
 
@@ -215,8 +222,7 @@ class LogitsLayer(nn.Module):
 
     def features(self, x: Tensor, num_tasks: int) -> Tensor:
         """``x`` [M, T·C, H, W] -> the logits layer's input [T, M, F]."""
-        x = from_grouped(x, num_tasks)
-        return x.flatten(2) if self.spec.flatten else x.mean(dim=(-2, -1))
+        return last_features(x, num_tasks, self.spec.flatten)
 
     def forward(self, x: Tensor, w: LayerWeights, num_tasks: int) -> Tensor:
         assert w.weight is not None and w.bias is not None

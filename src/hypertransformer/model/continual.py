@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hypertransformer.config import Config
-from hypertransformer.data.sampler import SCENARIOS, EpisodeBatch, SequenceBatch
+from hypertransformer.data.sampler import EpisodeBatch, SequenceBatch, check_scenario
 from hypertransformer.model.cnn import LayerWeights
 from hypertransformer.model.hypertransformer import GeneratedWeights, HyperTransformer, LossOutput
 
@@ -61,9 +61,7 @@ class PrototypeModel(Protocol):
 
 
 def check_continual_config(cfg: Config) -> None:
-    if cfg.cht_scenario not in SCENARIOS:
-        raise ValueError(f"cht_scenario must be one of {', '.join(SCENARIOS)}; got "
-                         f"{cfg.cht_scenario!r}")
+    check_scenario(cfg.cht_scenario)
     for name in ("cht_tasks", "prototype_dim"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1; got {getattr(cfg, name)}")
@@ -105,9 +103,7 @@ class TaskStream:
         cfg = model.config
         self.model, self.num_labels = model, cfg.num_labels
         self.scenario = scenario or cfg.cht_scenario
-        if self.scenario not in SCENARIOS:
-            raise ValueError(f"scenario must be one of {', '.join(SCENARIOS)}; got "
-                             f"{self.scenario!r}")
+        check_scenario(self.scenario)
         self.merged = isinstance(model, MergedHyperTransformer)
         self.recompute = self.merged or (
             cfg.cht_recompute_prototypes if recompute is None else recompute)

@@ -35,7 +35,7 @@ from hypertransformer.model.cnn import (
 )
 from hypertransformer.model.feature_extractors import SharedFeatureExtractor
 from hypertransformer.model.generator import WeightGenerator
-from hypertransformer.model.ops import from_grouped, grouped_to_batch, to_grouped
+from hypertransformer.model.ops import batch_mask, from_grouped, grouped_to_batch, to_grouped
 
 
 @dataclass
@@ -207,7 +207,7 @@ class HyperTransformer(nn.Module):
         self._check(x, "query_x")
         t = x.shape[0]
         h = to_grouped(x)
-        bn_mask = None if mask is None or bool(mask.all()) else mask.T
+        bn_mask = batch_mask(mask)
         outputs = []
         for layer, w in zip(self.conv_layers, weights.layers[:-1], strict=True):
             h = layer(h, w, t, bn_mask)

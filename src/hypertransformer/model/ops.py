@@ -58,6 +58,12 @@ def pad_same(x: Tensor, kernel: int, stride: int) -> tuple[Tensor, tuple[int, in
     return F.pad(x, (left, right, top, bottom)), (0, 0)
 
 
+def batch_mask(mask: Tensor | None) -> Tensor | None:
+    """A [T, M] presence mask as the [M, T] mask of :func:`batch_norm`; None when every
+    sample is present (the faster unmasked kernels give the same result)."""
+    return None if mask is None or bool(mask.all()) else mask.T
+
+
 def batch_norm(x: Tensor, gamma: Tensor, beta: Tensor, mask: Tensor | None = None,
                eps: float = 1e-3) -> Tensor:
     """BatchNorm of grouped ``x`` [M, T·C, H, W] with the current batch's statistics per task

@@ -14,10 +14,10 @@ from torch import Tensor, nn
 
 from hypertransformer.config import Config
 from hypertransformer.data.sampler import EpisodeBatch
-from hypertransformer.model.cnn import ConvLayer, ConvSpec, LogitsSpec, cnn_specs
+from hypertransformer.model.cnn import ConvLayer, ConvSpec, LogitsSpec, cnn_specs, last_features
 from hypertransformer.model.continual import check_continual_config, sequence_loss, single_task
 from hypertransformer.model.hypertransformer import GeneratedWeights, LossOutput
-from hypertransformer.model.ops import from_grouped, to_grouped
+from hypertransformer.model.ops import batch_mask, to_grouped
 
 
 class ProtoNet(nn.Module):
@@ -49,11 +49,10 @@ class ProtoNet(nn.Module):
         """Embeddings [T, M, D] of images [T, M, C, H, W] (BatchNorm statistics per task)."""
         t = x.shape[0]
         h = to_grouped(x)
-        bn_mask = None if mask is None or bool(mask.all()) else mask.T
+        bn_mask = batch_mask(mask)
         for layer in self.conv_layers:
             h = layer(h, None, t, bn_mask)
-        h = from_grouped(h, t)
-        return self.embedding(h.flatten(2) if self.flatten else h.mean(dim=(-2, -1)))
+        return self.embedding(last_features(h, t, self.flatten))
 
     def batch_loss(self, batch: EpisodeBatch, step: int = 0) -> LossOutput:
         return sequence_loss(self, single_task(batch))
