@@ -184,15 +184,22 @@ class ConvLayer(nn.Module):
         assert e.weight is not None and e.gamma is not None and e.beta is not None
         kernel = e.weight.reshape(num_tasks * s.out_channels, s.in_channels, s.kernel, s.kernel)
         bias = None if e.bias is None else e.bias.reshape(-1)
-        padding = (0, 0)
-        if s.padding == "same":
-            x, padding = pad_same(x, s.kernel, s.stride)
-        x = F.conv2d(x, kernel, bias, stride=s.stride, padding=padding, groups=num_tasks)
-        # max-pooling commutes with the (monotonic) activation: pool first, on 4x less data
-        if s.maxpool:
-            x = F.max_pool2d(x, s.maxpool)
-        x = cnn_activation(x, self.activation)
+        x = conv_block(x, kernel, bias, s, self.activation, num_tasks)
         return batch_norm(x, e.gamma.reshape(-1), e.beta.reshape(-1), mask)
+
+
+def conv_block(x: Tensor, kernel: Tensor, bias: Tensor | None, spec: ConvSpec, activation: str,
+               groups: int = 1) -> Tensor:
+    """A conv layer up to its BatchNorm: conv (TF padding) → [maxpool] → activation, on
+    ``x`` [M, groups·C_in, H, W] with ``kernel`` [groups·C_out, C_in, k, k]."""
+    padding = (0, 0)
+    if spec.padding == "same":
+        x, padding = pad_same(x, spec.kernel, spec.stride)
+    x = F.conv2d(x, kernel, bias, stride=spec.stride, padding=padding, groups=groups)
+    # max-pooling commutes with the (monotonic) activation: pool first, on 4x less data
+    if spec.maxpool:
+        x = F.max_pool2d(x, spec.maxpool)
+    return cnn_activation(x, activation)
 
 
 def last_features(x: Tensor, num_tasks: int, flatten: bool) -> Tensor:
@@ -224,9 +231,14 @@ class LogitsLayer(nn.Module):
         """``x`` [M, T·C, H, W] -> the logits layer's input [T, M, F]."""
         return last_features(x, num_tasks, self.spec.flatten)
 
-    def forward(self, x: Tensor, w: LayerWeights, num_tasks: int) -> Tensor:
+    def effective(self, w: LayerWeights) -> tuple[Tensor, Tensor]:
+        """(weight [T, F, N], bias [T, N]): the generated tensors plus trained residuals."""
         assert w.weight is not None and w.bias is not None
         weight = w.weight if self.weight is None else w.weight + self.weight
         bias = w.bias if self.bias is None else w.bias + self.bias
+        return weight, bias
+
+    def forward(self, x: Tensor, w: LayerWeights, num_tasks: int) -> Tensor:
+        weight, bias = self.effective(w)
         h = self.dropout(self.features(x, num_tasks))
         return torch.baddbmm(bias.unsqueeze(1), h, weight)

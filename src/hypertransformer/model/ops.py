@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 CHANNELS_LAST = torch.channels_last
+BN_EPS = 1e-3  # the epsilon of every BatchNorm of the model (TensorFlow's default)
 
 
 def to_grouped(x: Tensor) -> Tensor:
@@ -65,7 +66,7 @@ def batch_mask(mask: Tensor | None) -> Tensor | None:
 
 
 def batch_norm(x: Tensor, gamma: Tensor, beta: Tensor, mask: Tensor | None = None,
-               eps: float = 1e-3) -> Tensor:
+               eps: float = BN_EPS) -> Tensor:
     """BatchNorm of grouped ``x`` [M, T·C, H, W] with the current batch's statistics per task
     and channel (never running averages); ``gamma``, ``beta`` are [T·C].
 
