@@ -18,6 +18,7 @@ _COMMAND_MODULES = [
     "hypertransformer.training.cli",
     "hypertransformer.model.cli",
     "hypertransformer.evaluation.cli",
+    "hypertransformer.inference.cli",
 ]
 
 

@@ -1,0 +1,253 @@
+"""A trained HyperTransformer on a user's own images: load, fit, classify, export.
+
+::
+
+    ht = hypertransformer.load("omniglot_1shot")          # or a log dir / checkpoint file
+    clf = ht.fit(images, labels)                           # one generated CNN
+    clf.predict(queries)                                   # class names
+    clf.save("cnn.pt")                                     # TorchScript (or "cnn.onnx")
+
+:func:`load` reads a training checkpoint with ``torch.load(weights_only=True)`` (no arbitrary
+objects are unpickled).  :meth:`FewShotModel.fit` runs :meth:`HyperTransformer.generate` on
+one task and keeps the generated CNN as a :class:`GeneratedCNN` whose weights are buffers.
+
+BatchNorm: the generated CNN normalises with batch statistics, in training with those of the
+query batch.  A :class:`GeneratedCNN` instead stores the statistics of the support pass (the
+ones the weights were generated with) and uses them for every query, so that an image's
+prediction does not depend on the other images of the call and a single image can be
+classified (docs/use.md has the measurements behind this choice).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hypertransformer.config import Config
+from hypertransformer.inference.images import Images, Preprocessing, check_ink
+from hypertransformer.model.cnn import ConvLayer, ConvSpec, LayerWeights, conv_block, last_features
+from hypertransformer.model.hypertransformer import GeneratedWeights, HyperTransformer
+from hypertransformer.model.ops import BN_EPS
+
+METADATA_FILE = "hypertransformer.json"  # the extra file of an exported TorchScript model
+METADATA_FORMAT = "hypertransformer-classifier/1"
+
+
+class FewShotModel:
+    """A trained HyperTransformer that writes a classifier for a few labelled images."""
+
+    def __init__(self, model: HyperTransformer, source: str = "") -> None:
+        self.model = model.eval()
+        self.source = source
+
+    @property
+    def config(self) -> Config:
+        return self.model.config
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_config(self.config)
+
+    def fit(self, images: Images, labels: Sequence[Hashable] | Tensor | np.ndarray, *,
+            ink: str = "auto") -> GeneratedClassifier:
+        """The classifier generated from the support set ``images`` labelled ``labels``.
+
+        Any hashable class names, 1 to N = ``num_labels`` classes (in order of first
+        appearance) and any number of images per class.  ``ink`` is the polarity of the
+        support images and the default for the queries (:mod:`.images`).
+        """
+        check_ink(ink)
+        labels = labels.tolist() if isinstance(labels, Tensor | np.ndarray) else list(labels)
+        classes = list(dict.fromkeys(labels))
+        n = self.config.num_labels
+        if len(classes) > n:
+            raise ValueError(f"{len(classes)} classes, but this model tells at most {n} apart "
+                             f"(num_labels = {n}); use at most {n} classes per classifier")
+        x = self.preprocessing(images, ink)
+        if len(labels) != len(x):
+            raise ValueError(f"{len(x)} images but {len(labels)} labels; give one label per "
+                             f"image")
+        y = torch.tensor([classes.index(label) for label in labels])
+        with torch.no_grad():
+            weights = self.model.generate(x[None], y[None])
+            cnn = GeneratedCNN.from_generated(self.model, weights, len(classes))
+            cnn.fit_statistics(x)
+        return GeneratedClassifier(cnn, classes, self.preprocessing, ink).eval()
+
+
+class GeneratedConv(nn.Module):
+    """One conv layer of a generated CNN (one task): its effective weights and the BatchNorm
+    statistics it normalises with, as buffers."""
+
+    def __init__(self, layer: ConvLayer, weights: LayerWeights | None, num_tasks: int,
+                 task: int) -> None:
+        super().__init__()
+        self.spec: ConvSpec = layer.spec
+        self.activation = layer.activation
+        e = layer.effective(weights, num_tasks)
+        assert e.weight is not None and e.gamma is not None and e.beta is not None
+        self.register_buffer("weight", e.weight[task].detach().clone())
+        self.register_buffer("bias", None if e.bias is None else e.bias[task].detach().clone())
+        self.register_buffer("gamma", e.gamma[task].detach().clone())
+        self.register_buffer("beta", e.beta[task].detach().clone())
+        self.register_buffer("mean", torch.zeros_like(self.gamma))
+        self.register_buffer("var", torch.ones_like(self.gamma))
+
+    def conv(self, x: Tensor) -> Tensor:
+        return conv_block(x, self.weight, self.bias, self.spec, self.activation)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.mean, self.var, self.gamma, self.beta, False, 0.0, BN_EPS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.normalize(self.conv(x))
+
+
+class GeneratedCNN(nn.Module):
+    """The CNN the HT generated for one task: images ``[B, C, H, W]`` (preprocessed, ``x /
+    128 - 1``) -> logits ``[B, classes]``, BatchNorm with stored statistics."""
+
+    def __init__(self, layers: list[GeneratedConv], logits_weight: Tensor, logits_bias: Tensor,
+                 flatten: bool) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.register_buffer("logits_weight", logits_weight)  # [F, classes]
+        self.register_buffer("logits_bias", logits_bias)  # [classes]
+        self.flatten = flatten
+
+    @classmethod
+    def from_generated(cls, model: HyperTransformer, weights: GeneratedWeights,
+                       num_classes: int, task: int = 0) -> GeneratedCNN:
+        """The CNN of task ``task`` of ``weights`` with the logits of its first
+        ``num_classes`` labels only (BatchNorm statistics: :meth:`fit_statistics`)."""
+        t = weights.num_tasks
+        layers = [GeneratedConv(layer, w, t, task)
+                  for layer, w in zip(model.conv_layers, weights.layers[:-1], strict=True)]
+        last = weights.layers[-1]
+        assert last is not None
+        weight, bias = model.logits_layer.effective(last)
+        return cls(layers, weight[task, :, :num_classes].detach().clone(),
+                   bias[task, :num_classes].detach().clone(), model.logits_layer.spec.flatten)
+
+    @torch.no_grad()
+    def fit_statistics(self, x: Tensor) -> None:
+        """Stores the batch statistics of ``x`` (the support set) in every layer, as the
+        support pass of :meth:`HyperTransformer.generate` computed them."""
+        for layer in self.layers:
+            x = layer.conv(x)
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+            layer.mean.copy_(mean)
+            layer.var.copy_(var)
+            x = layer.normalize(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return torch.addmm(self.logits_bias, last_features(x, 1, self.flatten)[0],
+                           self.logits_weight)
+
+
+class GeneratedClassifier(nn.Module):
+    """A generated CNN with its class names and preprocessing: ``clf(images)`` -> logits
+    ``[B, classes]``, :meth:`predict` -> class names, :meth:`predict_proba` -> probabilities.
+    ``images`` are anything :class:`Preprocessing` reads; ``ink`` overrides the default
+    polarity of the classifier (the one given to ``fit``)."""
+
+    def __init__(self, cnn: nn.Module, class_names: list[Hashable],
+                 preprocessing: Preprocessing, ink: str = "auto") -> None:
+        super().__init__()
+        self.cnn = cnn
+        self.class_names = class_names
+        self.preprocessing = preprocessing
+        self.ink = ink
+
+    def forward(self, images: Images, ink: str | None = None) -> Tensor:
+        with torch.no_grad():
+            return self.cnn(self.preprocessing(images, ink or self.ink))
+
+    def predict_proba(self, images: Images, ink: str | None = None) -> Tensor:
+        return self(images, ink).softmax(-1)
+
+    def predict(self, images: Images, ink: str | None = None) -> list[Hashable]:
+        return [self.class_names[i] for i in self(images, ink).argmax(-1).tolist()]
+
+    def metadata(self) -> dict[str, Any]:
+        """What an exported file carries besides the CNN: the class names and the
+        preprocessing (the CNN's input is ``[B, channels, image_size, image_size]``, ``x /
+        128 - 1`` of the fitted pixels)."""
+        bad = [c for c in self.class_names if not isinstance(c, str | int | float | bool)]
+        if bad:
+            raise ValueError(f"class name {bad[0]!r} cannot be saved; an exported classifier "
+                             f"keeps str, int, float or bool class names")
+        return {"format": METADATA_FORMAT, "class_names": self.class_names,
+                "preprocessing": self.preprocessing.to_dict(), "ink": self.ink}
+
+    def save(self, path: str | Path) -> None:
+        """``.pt``: TorchScript (runs with plain torch; the metadata is the extra file
+        :data:`METADATA_FILE`); ``.onnx``: ONNX (``pip install hypertransformer[onnx]``; the
+        metadata is the model's ``metadata_props`` entry ``hypertransformer``).  The saved
+        model takes preprocessed images ``[B, C, H, W]`` and returns the logits."""
+        path = Path(path)
+        extra = json.dumps(self.metadata())
+        p = self.preprocessing
+        example = torch.zeros(2, p.channels, p.image_size, p.image_size)
+        if path.suffix == ".pt":
+            with torch.no_grad(), warnings.catch_warnings():
+                # The padding is computed from the image size, which the file fixes.
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                traced = torch.jit.trace(self.cnn, example)
+            torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: extra})
+        elif path.suffix == ".onnx":
+            export_onnx(self.cnn, example, path, extra)
+        else:
+            raise ValueError(f"cannot save {path}: use a .pt (TorchScript) or .onnx file name")
+
+
+def export_onnx(cnn: nn.Module, example: Tensor, path: Path, metadata: str) -> None:
+    """``cnn`` as ONNX at ``path`` (batch dimension dynamic) with ``metadata`` as its
+    ``hypertransformer`` metadata property."""
+    try:
+        import onnx
+    except ImportError as e:
+        raise ValueError("saving ONNX needs the onnx extra: pip install "
+                         "'hypertransformer[onnx]'") from e
+    # Exported in a temporary folder: torch may write the weights beside the graph
+    # (``.onnx.data``); the saved file holds both.
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.onnx.export(cnn, (example,), f"{tmp}/cnn.onnx", input_names=["images"],
+                          output_names=["logits"], verbose=False,
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        proto = onnx.load(f"{tmp}/cnn.onnx")
+    proto.metadata_props.add(key="hypertransformer", value=metadata)
+    onnx.save(proto, str(path))
+
+
+def load_classifier(path: str | Path) -> GeneratedClassifier:
+    """A classifier saved as TorchScript by :meth:`GeneratedClassifier.save`."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier {path} does not exist")
+    extra = {METADATA_FILE: ""}
+    try:
+        cnn = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as e:  # torch raises RuntimeError and others for foreign files
+        raise ValueError(f"{path} is not a TorchScript classifier saved by `hypertransformer "
+                         f"generate` or clf.save(...pt) ({type(e).__name__})") from e
+    try:
+        meta = json.loads(extra[METADATA_FILE])
+        assert meta["format"] == METADATA_FORMAT
+        return GeneratedClassifier(cnn, list(meta["class_names"]),
+                                   Preprocessing.from_dict(meta["preprocessing"]),
+                                   meta["ink"]).eval()
+    except (ValueError, KeyError, TypeError, AssertionError) as e:
+        raise ValueError(f"{path} is a TorchScript model without the class names and "
+                         f"preprocessing of a generated classifier ({METADATA_FILE})") from e

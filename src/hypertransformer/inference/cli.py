@@ -1,0 +1,106 @@
+"""``hypertransformer generate`` (a CNN from a folder of labelled images) and
+``hypertransformer predict`` (classify images with it); docs/use.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from hypertransformer.inference.classifier import load_classifier
+from hypertransformer.inference.images import INK_MODES
+from hypertransformer.inference.pretrained import PRETRAINED, load
+
+SAVE_SUFFIXES = (".pt", ".onnx")
+
+
+def support_folder(root: str | Path) -> tuple[list[Path], list[str]]:
+    """(image files, their labels) of ``root/<class>/<images>``: the class folders in sorted
+    order (hidden ones skipped), each with at least one file; every file must be an image."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise NotADirectoryError(f"support folder {root} {what}; give a folder with one "
+                                 f"sub-folder of images per class")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ValueError(f"support folder {root} has no class sub-folders; put each class's "
+                         f"images in a sub-folder named after the class")
+    files, labels = [], []
+    for folder in folders:
+        found = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        if not found:
+            raise ValueError(f"class folder {folder} is empty; add images of the class or "
+                             f"remove the folder")
+        files += found
+        labels += [folder.name] * len(found)
+    return files, labels
+
+
+def _generate(args: argparse.Namespace) -> int:
+    out = Path(args.out).expanduser()
+    if out.suffix not in SAVE_SUFFIXES:
+        raise ValueError(f"--out {out}: use a .pt (TorchScript) or .onnx file name")
+    files, labels = support_folder(args.support)
+    clf = load(args.model).fit(files, labels, ink=args.ink)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clf.save(out)
+    names = ", ".join(map(str, clf.class_names))
+    print(f"wrote {out}: {len(clf.class_names)} classes ({names}) from {len(files)} images")
+    if out.suffix == ".pt":
+        print(f"classify images with: hypertransformer predict --model {out} IMAGES...")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1; got {args.top_k}")
+    if Path(args.model).suffix == ".onnx":
+        raise ValueError(f"--model {args.model}: predict reads the TorchScript .pt of "
+                         f"`hypertransformer generate`; run an .onnx file with onnxruntime")
+    clf = load_classifier(args.model)
+    proba = clf.predict_proba(args.images, args.ink)
+    k = min(args.top_k, proba.shape[1])
+    values, indices = proba.topk(k, dim=1)
+    results = []
+    for path, p, i in zip(args.images, values.tolist(), indices.tolist(), strict=True):
+        top = [{"label": clf.class_names[j], "probability": q} for j, q in zip(i, p,
+                                                                                 strict=True)]
+        results.append({"path": path, "label": top[0]["label"],
+                        "probability": top[0]["probability"], "top_k": top})
+        if not args.json:
+            others = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in top)
+            print(f"{path}: {top[0]['label']} ({top[0]['probability']:.3f}); top {k}: {others}")
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ink_help = ("ink polarity of Omniglot/glyphs-style images: light (on dark), dark (on "
+                "light, inverted) or auto (per image, from its border)")
+    p = sub.add_parser("generate", help="a CNN classifier from a folder of labelled images",
+                       description="Writes the CNN a trained HyperTransformer generates from "
+                                   "the images of DIR (one sub-folder per class, named after "
+                                   "the class).")
+    p.add_argument("--model", required=True,
+                   help=f"a pretrained name ({', '.join(PRETRAINED)}), a log dir of "
+                        f"`hypertransformer train` or a checkpoint file")
+    p.add_argument("--support", required=True, metavar="DIR",
+                   help="DIR/<class>/<images>: the labelled images")
+    p.add_argument("--out", required=True,
+                   help="the classifier: .pt (TorchScript, for predict) or .onnx")
+    p.add_argument("--ink", choices=INK_MODES, default="auto", help=ink_help)
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("predict", help="classify images with a generated CNN",
+                       description="Classifies images with the .pt file of `hypertransformer "
+                                   "generate`.")
+    p.add_argument("--model", required=True, help="the .pt file of `hypertransformer generate`")
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files")
+    p.add_argument("--top-k", type=int, default=3, help="classes listed per image (3)")
+    p.add_argument("--json", action="store_true",
+                   help="the last line is a JSON list: path, label, probability, top_k per image")
+    p.add_argument("--ink", choices=INK_MODES, default=None,
+                   help=ink_help + " (default: as given to generate)")
+    p.set_defaults(func=_predict)
