@@ -382,7 +382,7 @@ def test_two_ranks_train_a_cht_under_torchrun(tmp_path):
         port = s.getsockname()[1]
     log = tmp_path / "ddp"
     cfg = small(train_dataset="glyphs:train", test_dataset="glyphs:test", eval_datasets="glyphs",
-                shuffle_labels_seed=0, episodes_per_step=1, train_steps=2,
+                shuffle_labels_seed=0, episodes_per_step=2, train_steps=2,
                 steps_between_saves=1, train_log_dir=str(log))
     flags = [f"--{k}={'' if v is None else v}" for k, v in cfg.to_dict().items()]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))

@@ -1,15 +1,17 @@
 """Data parallelism with ``torch.distributed`` and the choice of device (docs/distributed.md).
 
-Under ``torchrun`` (the environment holds ``WORLD_SIZE > 1``, ``RANK``, ``LOCAL_RANK``,
-``MASTER_ADDR`` and ``MASTER_PORT``) :func:`process_group` joins the process group (backend
-``gloo`` on CPU, ``nccl`` on CUDA) and leaves it at the end; a group the caller already
-initialised is used as it is; otherwise the run is a single process and nothing here does
-anything.
+Started by :mod:`.launch` (the ``train`` commands on a CPU) or by ``torchrun``, the environment
+holds ``WORLD_SIZE > 1``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``, and
+:func:`process_group` joins the process group (backend ``gloo`` on CPU, ``nccl`` on CUDA) and
+leaves it at the end; a group the caller already initialised is used as it is; otherwise the
+run is a single process and nothing here does anything.
 
-Rank ``r`` of ``P`` draws its training episodes from its own sampler, and seeds torch, Python
-and NumPy, with :func:`rank_seed` ``(seed, r) = seed + RANK_SEED_STRIDE · r``: rank 0 uses
-``seed`` itself, so a single process (``P = 1``) is the run it always was, and
-:func:`rank_sampler` builds any rank's sampler, e.g. to reproduce a P-rank run in one process.
+A step takes ``T = episodes_per_step`` episodes in total: rank ``r`` of ``P`` takes
+:func:`shard_sizes` ``(T, P)[r]`` of them (``T // P``, one more on the first ``T % P`` ranks),
+drawn from its own sampler, and seeds torch, Python and NumPy, with :func:`rank_seed`
+``(seed, r) = seed + RANK_SEED_STRIDE · r``: rank 0 uses ``seed`` itself, so a single process
+(``P = 1``) is the run it always was, and :func:`rank_sampler` builds any rank's sampler, e.g.
+to reproduce a P-rank run in one process.
 """
 
 from __future__ import annotations
@@ -53,6 +55,17 @@ class World:
 def rank_seed(seed: int, rank: int) -> int:
     """The seed of rank ``rank`` (module docstring)."""
     return seed + RANK_SEED_STRIDE * rank
+
+
+def shard_sizes(episodes: int, ranks: int) -> list[int]:
+    """The episodes of each of ``ranks`` ranks in a step of ``episodes`` (module docstring);
+    ValueError when some rank would have none."""
+    if episodes < ranks:
+        raise ValueError(f"{episodes} episode(s) per step cannot be split over {ranks} "
+                         f"processes, every process needs at least one: use at least {ranks} "
+                         f"episodes per step or fewer processes (--nproc, or torchrun's "
+                         f"--nproc_per_node)")
+    return [episodes // ranks + (r < episodes % ranks) for r in range(ranks)]
 
 
 def rank_sampler(data: ClassDataset, config: Config, rank: int) -> Sampler:

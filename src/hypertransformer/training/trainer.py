@@ -47,19 +47,23 @@ installed), abandons the step in progress: the RNGs roll back to its start and t
 the previous step is saved, so resuming stays exact.  Only an interrupt during the parameter
 update itself (or during the final save) propagates, keeping the last saved checkpoint.
 
-Data parallelism (docs/distributed.md, :mod:`.distributed`).  Under ``torchrun`` with
-``P > 1`` processes every rank runs this loop on a ``DistributedDataParallel`` model: each
-draws its own ``episodes_per_step`` episodes per step (from its rank-seeded sampler), DDP
-averages the gradients, so a step sees ``P·T`` episodes and equals one process's step on their
-union.  The logged loss and accuracy are means over all ranks.  Rank 0 alone writes
-``config.json``, metrics, TensorBoard events, ``done.json`` and checkpoints and runs the
-held-out evaluation; a checkpoint also holds ``rank_rng``, the ``rng`` of ranks ``1..P-1``
-(gathered to rank 0), and every rank resumes from the same checkpoint with its own RNG state,
-so a resumed P-rank run is exact too.  A SIGINT on any rank stops all of them after the same
-step (a stop flag is all-reduced with the loss); an interrupt inside a step ends the process
-without saving (torchrun then stops the other ranks).  ``device`` moves the model and batches
-(``cuda``: ``cuda:LOCAL_RANK`` under torchrun) and ``mixed_precision`` (CUDA only) runs the
-forward passes under ``torch.autocast`` (fp16 with a ``GradScaler``, whose state is saved).
+Data parallelism (docs/distributed.md, :mod:`.distributed`, :mod:`.launch`).  With ``P > 1``
+processes (started by the ``train`` commands on a CPU, or by ``torchrun``) every rank runs this
+loop on a ``DistributedDataParallel`` model.  A step still takes ``T = episodes_per_step``
+episodes in total: rank ``r`` draws its share ``T_r`` (:func:`.distributed.shard_sizes`:
+``T // P``, one more on the first ``T % P`` ranks) from its rank-seeded sampler and weights its
+mean loss by ``P·T_r/T``, so that DDP's average of the gradients is the gradient of the mean
+loss over all ``T`` episodes: a step equals one process's step on the union of the ranks'
+episodes, whatever ``P``.  The logged loss and accuracy are the same weighted means.  Rank 0
+alone writes ``config.json``, metrics, TensorBoard events, ``done.json`` and checkpoints and
+runs the held-out evaluation; a checkpoint also holds ``rank_rng``, the ``rng`` of ranks
+``1..P-1`` (gathered to rank 0), and every rank resumes from the same checkpoint with its own
+RNG state, so a resumed P-rank run is exact too.  A SIGINT on any rank stops all of them after
+the same step (a stop flag is all-reduced with the loss); an interrupt inside a step ends the
+process without saving (the launcher, or torchrun, then stops the other ranks).  ``device``
+moves the model and batches (``cuda``: ``cuda:LOCAL_RANK`` under torchrun) and
+``mixed_precision`` (CUDA only) runs the forward passes under ``torch.autocast`` (fp16 with a
+``GradScaler``, whose state is saved).
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ from hypertransformer.training.distributed import (
     rank_sampler,
     rank_seed,
     resolve_device,
+    shard_sizes,
 )
 
 LOG_EVERY = 100  # steps between metrics lines (the original's small-summary period)
@@ -154,7 +159,9 @@ def build_optimizer(model: torch.nn.Module, config: Config) -> tuple[
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, _decay(config))
 
 
-def _check_config(config: Config) -> None:
+def check_config(config: Config) -> None:
+    """Refuses training fields out of range, and a device or mixed precision that cannot
+    run here (:func:`.distributed.check_device`), before anything is written."""
     if config.episodes_per_step < 1:
         raise ValueError(f"episodes_per_step must be at least 1; got {config.episodes_per_step}")
     if config.train_steps < 0:
@@ -238,6 +245,10 @@ class _Trainer:
             config = config.replace(shared_head_classes=train_data.num_classes)
         self.config = cfg = config
         self.end = cfg.train_steps if max_steps is None else min(cfg.train_steps, max_steps)
+        # This rank's episodes per step, and the weight that makes DDP's mean of the ranks'
+        # gradients the mean over all T episodes (1 when P divides T).
+        self.shard = shard_sizes(cfg.episodes_per_step, world.size)[world.rank]
+        self.weight = world.size * self.shard / cfg.episodes_per_step
 
         # Ranks > 0 initialise the model differently; DDP copies rank 0's parameters.
         seed = rank_seed(cfg.seed, world.rank)
@@ -252,7 +263,6 @@ class _Trainer:
         self.model = build_model(cfg).to(self.device)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
-        self.episodes_per_step = cfg.episodes_per_step * world.size  # of all ranks together
         self.step, self.episodes_seen, self.wall_time = 0, 0, 0.0
         self.best_accuracy: float | None = None
         self.last_checkpoint: Path | None = None
@@ -356,13 +366,15 @@ class _Trainer:
         cfg = self.config
         start = time.perf_counter()
         self._phase = "step"
-        batch = self.samplers["train_sampler"].sample(cfg.episodes_per_step).to(self.device)
+        batch = self.samplers["train_sampler"].sample(self.shard).to(self.device)
         self.model.train()
         with self._autocast():
             loss_t, accuracy_t = self.loss_fn(batch, self.step)
+        loss_t = loss_t * self.weight
         # Means over the ranks, so that every rank agrees on stopping and on a bad loss.
         loss, accuracy, stop = mean_over_ranks(
-            [loss_t.item(), accuracy_t.item(), float(self._stop)], self.world, self.device)
+            [loss_t.item(), accuracy_t.item() * self.weight, float(self._stop)], self.world,
+            self.device)
         self._stop_all = self._stop_all or stop > 0
         if not math.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss} at step {self.step}; lower "
@@ -379,7 +391,7 @@ class _Trainer:
             self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        self.episodes_seen += self.episodes_per_step
+        self.episodes_seen += cfg.episodes_per_step
         self._phase = "after"
         elapsed = time.perf_counter() - start
         self.wall_time += elapsed
@@ -413,7 +425,8 @@ class _Trainer:
             "wall_time": round(self.wall_time, 3),
             "loss": w["loss"] / steps, "accuracy": w["accuracy"] / steps,
             "lr": self.optimizer.param_groups[0]["lr"],
-            "episodes_per_s": w["steps"] * self.episodes_per_step / max(w["time"], 1e-9),
+            "episodes_per_s": w["steps"] * self.config.episodes_per_step
+                              / max(w["time"], 1e-9),
             "heldout_accuracy": self.heldout_accuracy(),
         }
         with open(self.log_dir / "metrics.jsonl", "a") as f:
@@ -435,8 +448,10 @@ class _Trainer:
         self._stop = True
         signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one raises
         if self.world.main:
-            tqdm.write("interrupted: saving a checkpoint after this step (Ctrl-C again to drop "
-                       "the step in progress)")
+            again = ("stop at once, without saving" if self.world.distributed
+                     else "drop the step in progress")
+            tqdm.write(f"interrupted: saving a checkpoint after this step (Ctrl-C again to "
+                       f"{again})")
 
     @property
     def _stopping(self) -> bool:
@@ -465,7 +480,7 @@ class _Trainer:
                     w = self._window
                     postfix = dict(loss=f"{w['loss'] / w['steps']:.3f}",
                                    acc=f"{w['accuracy'] / w['steps']:.3f}",
-                                   eps=f"{w['steps'] * self.episodes_per_step / w['time']:.1f}")
+                                   eps=f"{w['steps'] * cfg.episodes_per_step / w['time']:.1f}")
                     if self.step % self.log_every == 0 or self.step == cfg.train_steps:
                         rank_rng = self.other_ranks_rng()
                         if writer is not None:
@@ -512,10 +527,11 @@ def train(config: Config, log_dir: str | Path, *, progress: bool = True,
 
     ``max_steps`` stops this call at that global step (if below ``config.train_steps``),
     saving a checkpoint there; a later call resumes.  ``log_every`` steps between metrics lines
-    and held-out evaluations of ``heldout_episodes`` episodes.  Under torchrun (or in a process
-    group the caller initialised) this process trains as one rank of a data-parallel run.
+    and held-out evaluations of ``heldout_episodes`` episodes.  In a process started as a rank
+    (by :mod:`.launch` or torchrun), or in a process group the caller initialised, this process
+    trains as one rank of a data-parallel run.
     """
-    _check_config(config)
+    check_config(config)
     with process_group(config) as world:
         return _Trainer(config, Path(log_dir), progress, max_steps, log_every,
                         heldout_episodes, world).run()
