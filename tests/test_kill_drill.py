@@ -40,9 +40,9 @@ DEADLINE = 300.0  # seconds; generous, a subprocess takes a few on an idle machi
 # is that of one step and must match exactly) and a checkpoint every 2 steps (so a resume from
 # the previous checkpoint redoes steps and trims metrics lines).
 STEPS = 8
-TRAIN_ARGS = [
+TRAIN_ARGS = [  # one process (--nproc 1): the hook lives in it
     "train", "--preset", "glyphs_demo", "--steps", str(STEPS), "--episodes-per-step", "2",
-    "--log-every", "1", "--no-progress",
+    "--nproc", "1", "--log-every", "1", "--no-progress",
     *(arg for kv in ("samples_cnn=10", "default_num_channels=4", "num_layerwise_features=4",
                      "embedding_dim=8", "num_layers=1", "heads=1", "dropout_rate=0.2",
                      "learning_rate_decay_rate=0.5", "learning_rate_decay_steps=4.0",

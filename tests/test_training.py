@@ -281,7 +281,8 @@ def test_cli_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log_dir = tmp_path / "cli"
     code = cli.main(["train", "--preset", "omniglot_1shot", "--data-dir", str(omniglot_dir()),
                      "--log-dir", str(log_dir), "--steps", "2", "--episodes-per-step", "3",
-                     "--seed", "7", "--log-every", "1", "--no-progress", *_tiny_set_args()])
+                     "--nproc", "1", "--seed", "7", "--log-every", "1", "--no-progress",
+                     *_tiny_set_args()])
     assert code == 0
     saved = json.loads((log_dir / "config.json").read_text())
     assert (saved["train_steps"], saved["episodes_per_step"], saved["seed"]) == (2, 3, 7)

@@ -1,25 +1,21 @@
 """``hypertransformer train``: train (or resume) a preset, with field overrides.
 
-Under ``torchrun --nproc_per_node=P --no-python hypertransformer train ...`` (or
-``torchrun ... -m hypertransformer.cli train ...``) the run is data-parallel over P processes
-(docs/distributed.md); only rank 0 prints the summary.
+On a CPU the command trains data-parallel on every usable core (``--nproc N`` to choose, 1 for
+one process; :mod:`.launch`, docs/distributed.md); ``episodes_per_step`` is the global batch,
+split across the processes.  Under ``torchrun --nproc_per_node=P --no-python hypertransformer
+train ...`` this process is one of torchrun's P ranks.  Only rank 0 prints the summary.
 
 Exit codes: 0 when ``train_steps`` are done; 130 when stopped by Ctrl-C (a checkpoint was
-saved, see :mod:`.trainer`; run the same command to resume); 2 for bad input or a diverged run
-(:mod:`hypertransformer.errors`).
+saved, see :mod:`.trainer`; run the same command to resume); 2 for bad input, a diverged run
+or a failed rank (:mod:`hypertransformer.errors`).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import TYPE_CHECKING
 
 from hypertransformer import presets
-from hypertransformer.errors import INTERRUPTED_EXIT_CODE, require_directory, require_positive
-
-if TYPE_CHECKING:
-    from hypertransformer.training.trainer import TrainResult
+from hypertransformer.errors import require_directory, require_positive
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,8 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "train_log_dir)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (train_steps)")
     p.add_argument("--episodes-per-step", type=int, default=None,
-                   help="episodes averaged per optimiser step (episodes_per_step); per rank "
-                        "under torchrun")
+                   help="episodes averaged per optimiser step (episodes_per_step), in "
+                        "total over the processes")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="data-parallel CPU processes, one thread each (default: the usable "
+                        "cores, at most the episodes per step; 1: one process)")
     p.add_argument("--seed", type=int, default=None, help="random seed (seed)")
     p.add_argument("--device", default=None,
                    help="cpu (default), cuda or cuda:<index> (device); under torchrun each "
@@ -58,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from hypertransformer.flags import apply_overrides
-    from hypertransformer.training.trainer import LOG_EVERY, train
+    from hypertransformer.training.launch import Job, run_training
+    from hypertransformer.training.trainer import LOG_EVERY
 
     require_positive(log_every=args.log_every, episodes_per_step=args.episodes_per_step)
     config = apply_overrides(presets.load(args.preset), args.overrides)
@@ -68,26 +68,6 @@ def _train(args: argparse.Namespace) -> int:
              "mixed_precision": args.mixed_precision}
     config = config.replace(**{k: v for k, v in named.items() if v is not None})
     require_directory(config.train_log_dir, "--log-dir")
-    try:
-        result = train(config, config.train_log_dir, progress=not args.no_progress,
-                       log_every=LOG_EVERY if args.log_every is None else args.log_every)
-    except KeyboardInterrupt:
-        return aborted()
-    return report(result)
-
-
-def aborted() -> int:
-    print("aborted; the last saved checkpoint (if any) is kept", file=sys.stderr)
-    return INTERRUPTED_EXIT_CODE
-
-
-def report(result: TrainResult) -> int:
-    """Prints where the run stands (rank 0 only); the exit code of the module docstring."""
-    if result.rank != 0:
-        return INTERRUPTED_EXIT_CODE if result.interrupted else 0
-    state = "finished" if result.finished else (
-        "interrupted" if result.interrupted else "stopped")
-    best = ("" if result.best_accuracy is None
-            else f", best held-out accuracy {result.best_accuracy:.4f}")
-    print(f"{state} at step {result.step}{best}; checkpoint {result.last_checkpoint}")
-    return INTERRUPTED_EXIT_CODE if result.interrupted else 0
+    job = Job(config, progress=not args.no_progress,
+              log_every=LOG_EVERY if args.log_every is None else args.log_every)
+    return run_training(job, args.nproc)
