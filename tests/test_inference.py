@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +16,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from realdata import omniglot_dir
 
 import hypertransformer
 from hypertransformer import presets
 from hypertransformer.config import Config
 from hypertransformer.data.base import DatasetError
+from hypertransformer.data.omniglot import load_omniglot
 from hypertransformer.data.registry import load_split
 from hypertransformer.inference import (
     FewShotModel,
@@ -193,6 +196,22 @@ def test_ink_polarity(ht: FewShotModel, glyphs: list[np.ndarray]) -> None:
     assert torch.equal(clf(light), ht.fit(light, list("abcd"))(light))
     clf.ink = "light"  # the classifier's default for queries
     assert torch.equal(clf(light), clf(dark, "dark"))
+
+
+def test_omniglot_pngs_give_the_training_pixels(tmp_path: Path) -> None:
+    """The 20 official PNGs of Omniglot class 0 (black on white, 105 px), read as files with
+    ink="auto", are bit for bit the training data of the loader (inverted, resized)."""
+    root = omniglot_dir()
+    with zipfile.ZipFile(root / "images_background.zip") as archive:
+        members = sorted(m for m in archive.namelist()
+                         if "/Arcadian/character01/" in m and m.endswith(".png"))
+        paths = []
+        for m in members:
+            paths.append(tmp_path / Path(m).name)
+            paths[-1].write_bytes(archive.read(m))
+    prep = Preprocessing.from_config(presets.load("omniglot_1shot"))
+    expected = torch.from_numpy(load_omniglot(root).classes[0]).permute(0, 3, 1, 2) / 128 - 1
+    assert len(paths) == 20 and torch.equal(prep(paths), expected)
 
 
 def test_natural_image_models_keep_the_pixels() -> None:
