@@ -350,6 +350,11 @@ def test_torchscript_roundtrip(ht: FewShotModel, glyphs: list[np.ndarray],
     assert loaded.class_names == clf.class_names and loaded.preprocessing == clf.preprocessing
     assert torch.allclose(loaded(q), clf(q), atol=1e-5, rtol=0)
     assert loaded.predict(q) == clf.predict(q)
+    assert torch.allclose(loaded(q[:1]), clf(q[:1]), atol=1e-5, rtol=0)  # a batch of one
+    traced_only = torch.jit.trace(clf.cnn, clf.preprocessing(q))
+    torch.jit.save(traced_only, str(tmp_path / "bare.pt"))
+    with pytest.raises(ValueError, match="without the class names and preprocessing"):
+        load_classifier(tmp_path / "bare.pt")
     with pytest.raises(ValueError, match="use a .pt .TorchScript. or .onnx file name"):
         clf.save(tmp_path / "cnn.pth")
     with pytest.raises(ValueError, match="class name .* cannot be saved"):

@@ -45,9 +45,8 @@ METADATA_FORMAT = "hypertransformer-classifier/1"
 class FewShotModel:
     """A trained HyperTransformer that writes a classifier for a few labelled images."""
 
-    def __init__(self, model: HyperTransformer, source: str = "") -> None:
+    def __init__(self, model: HyperTransformer) -> None:
         self.model = model.eval()
-        self.source = source
 
     @property
     def config(self) -> Config:
@@ -67,7 +66,8 @@ class FewShotModel:
         """
         check_ink(ink)
         labels = labels.tolist() if isinstance(labels, Tensor | np.ndarray) else list(labels)
-        classes = list(dict.fromkeys(labels))
+        index = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+        classes = list(index)
         n = self.config.num_labels
         if len(classes) > n:
             raise ValueError(f"{len(classes)} classes, but this model tells at most {n} apart "
@@ -76,7 +76,7 @@ class FewShotModel:
         if len(labels) != len(x):
             raise ValueError(f"{len(x)} images but {len(labels)} labels; give one label per "
                              f"image")
-        y = torch.tensor([classes.index(label) for label in labels])
+        y = torch.tensor([index[label] for label in labels])
         with torch.no_grad():
             weights = self.model.generate(x[None], y[None])
             cnn = GeneratedCNN.from_generated(self.model, weights, len(classes))
@@ -243,11 +243,12 @@ def load_classifier(path: str | Path) -> GeneratedClassifier:
         raise ValueError(f"{path} is not a TorchScript classifier saved by `hypertransformer "
                          f"generate` or clf.save(...pt) ({type(e).__name__})") from e
     try:
-        meta = json.loads(extra[METADATA_FILE])
-        assert meta["format"] == METADATA_FORMAT
-        return GeneratedClassifier(cnn, list(meta["class_names"]),
-                                   Preprocessing.from_dict(meta["preprocessing"]),
-                                   meta["ink"]).eval()
-    except (ValueError, KeyError, TypeError, AssertionError) as e:
-        raise ValueError(f"{path} is a TorchScript model without the class names and "
-                         f"preprocessing of a generated classifier ({METADATA_FILE})") from e
+        meta = json.loads(extra[METADATA_FILE] or "{}")
+        if meta.get("format") == METADATA_FORMAT:
+            return GeneratedClassifier(cnn, list(meta["class_names"]),
+                                       Preprocessing.from_dict(meta["preprocessing"]),
+                                       meta["ink"]).eval()
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    raise ValueError(f"{path} is a TorchScript model without the class names and "
+                     f"preprocessing of a generated classifier ({METADATA_FILE})")

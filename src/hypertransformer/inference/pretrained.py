@@ -52,4 +52,4 @@ def load(model: str | Path) -> FewShotModel:
     if not isinstance(ht, HyperTransformer) or config.model_type != "ht":
         raise CheckpointError(f"{model} holds a {config.model_type!r} model; only a "
                               f"HyperTransformer (model_type 'ht') can fit a classifier")
-    return FewShotModel(ht, str(model))
+    return FewShotModel(ht)
