@@ -151,7 +151,7 @@ PRESETS["cht_omniglot_minibatch"] = dict(_CHT, cht_scenario="minibatch")
 PRESETS["protonet_omniglot_continual"] = dict(_CHT, model_type="protonet", cht_scenario="task")
 # MergedHT, the CHT's upper bound: the HT given the union of the support sets of tasks 0..t;
 # it merges at most cht_tasks tasks, so it is evaluated on sequences as long as the training's
-# (L = 5: sequences of 10 merged tasks cost ~30 s a step on 2 cores, docs/continual.md).
+# (L = 5: sequences of 10 merged tasks were far too slow for this machine, docs/continual.md).
 PRESETS["merged_ht_omniglot_task"] = dict(_CHT, model_type="merged_ht", cht_scenario="task",
                                           cht_eval_tasks=5)
 # The offline demo of the CHT: the glyphs data, a few minutes on 2 CPU cores.
