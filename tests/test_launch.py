@@ -200,6 +200,22 @@ def test_ctrl_c_saves_once_and_the_resumed_run_is_exact(
     assert metrics(stopped_dir) == metrics(straight_dir)
 
 
+def test_a_finished_run_and_a_finished_resumed_run_exit_cleanly(tmp_path: Path) -> None:
+    """Every rank of a run that reaches ``train_steps`` (with a held-out evaluation at the last
+    step) exits cleanly, resumed or not, and so the command exits with 0.  (Regression: a
+    rank's thread watching the launcher blocked in ``sys.stdin.buffer.read()``, holding the
+    reader's lock; the interpreter's exit, which closes ``sys.stdin``, could not take it and
+    aborted every rank with SIGABRT after the run had finished.)"""
+    log_dir = tmp_path / "run"
+    for steps in (1, 2):  # 2 resumes the checkpoint of step 1
+        code, out, err = finish(start(command(log_dir, steps)))
+        assert code == 0, (out, err)
+        assert f"finished at step {steps}" in out, out
+        assert "Fatal Python error" not in err and "SIGABRT" not in err, err
+        assert "killed" not in err and ": error: " not in err, err
+        assert load_checkpoint(latest_checkpoint(log_dir))["step"] == steps
+
+
 def test_a_killed_rank_ends_the_run_with_one_error_line(tmp_path: Path) -> None:
     log_dir = tmp_path / "run"
     proc = start(command(log_dir, 100_000))

@@ -233,8 +233,12 @@ class _Ranks:
 
 
 def _exit_with_launcher() -> None:
-    """Ends this rank when the launching process is gone: its end of our stdin closes."""
-    while os.read(0, 512):  # (not sys.stdin: its lock would stall the interpreter's exit)
+    """Ends this rank when the launching process is gone: its end of our stdin closes.
+
+    ``os.read``, not ``sys.stdin``: this daemon thread would hold the buffered reader's lock
+    while it blocks, and the interpreter's exit, which closes ``sys.stdin``, would then abort
+    the rank (``Fatal Python error: _enter_buffered_busy``, SIGABRT) after a finished run."""
+    while os.read(0, 512):
         pass
     os._exit(1)
 
