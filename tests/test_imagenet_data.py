@@ -375,3 +375,30 @@ def test_train_and_evaluate_on_colour_episodes(tmp_path, one_thread):
     record = evaluate_checkpoint(log_dir, "test")
     assert record["dataset"] == "miniimagenet:80-99" and record["num_tasks"] == 3
     assert 0.0 <= record["accuracy"] <= 1.0 and record["step"] == 2
+
+
+def test_continual_ht_on_tiered_colour_sequences(tmp_path, one_thread):
+    """The tieredImageNet CHT presets train and evaluate on the real tiered format: sequences
+    of colour 84-px tasks, a matrix of 2·L rows."""
+    from hypertransformer.evaluation.evaluator import evaluate_checkpoint
+    from hypertransformer.training import train
+
+    root = write_tiered(tmp_path / "tiered", per_class=2)
+    for scenario in ("task", "class"):
+        cfg = presets.load(f"cht_tieredimagenet_{scenario}", data_dir=str(root),
+                           samples_transformer=5, samples_cnn=5, cht_tasks=2,
+                           episodes_per_step=1, embedding_dim=8, heads=2, num_layers=1,
+                           shared_features_dim=8, default_num_channels=4,
+                           num_layerwise_features=4, train_steps=1, steps_between_saves=1,
+                           num_task_evals=2, eval_batch_size=5)
+        assert (cfg.model_type, cfg.cht_scenario, cfg.image_size, cfg.image_channels) == (
+            "cht", scenario, 84, 3)
+        log_dir = tmp_path / scenario
+        train(cfg, log_dir, progress=False, log_every=1, heldout_episodes=1)
+        record = evaluate_checkpoint(log_dir, "test")
+        assert record["dataset"] == "tieredimagenet:448-607"
+        assert record["scenario"] == scenario and record["tasks_per_sequence"] == 4
+        assert [len(row) for row in record["accuracy_matrix"]] == [1, 2, 3, 4]
+        # class-incremental: after 4 tasks the softmax runs over 4·5 classes
+        assert record["chance"] == pytest.approx(1 / 5 if scenario == "task" else 1 / 20)
+        assert 0.0 <= record["final_accuracy"] <= 1.0

@@ -136,16 +136,23 @@ PRESETS["glyphs_demo"] = dict(
 # 5-way 1-shot Omniglot (our split, SPEC §2.2), a 32-d prototype embedding generated as the
 # CNN's last layer; evaluated on sequences of 2·L tasks (512 sequences, one batch of 100
 # queries per task).  The CPU recipe of docs/results.md: AdamW, 8 sequences per step.
-_CHT: dict[str, Any] = dict(
-    _OMNIGLOT, model_type="cht", prototype_dim=32, cht_tasks=5,
-    num_labels=5, samples_transformer=5, samples_cnn=25,
+_CHT_RECIPE: dict[str, Any] = dict(
+    model_type="cht", prototype_dim=32, cht_tasks=5,
     optimizer="adamw", learning_rate=5e-4, episodes_per_step=8,
     train_steps=200_000, steps_between_saves=1000,
     num_task_evals=512, num_eval_batches=1, eval_batch_size=100,
 )
+_CHT: dict[str, Any] = dict(_OMNIGLOT, **_CHT_RECIPE, num_labels=5, samples_transformer=5,
+                            samples_cnn=25)
 PRESETS["cht_omniglot_task"] = dict(_CHT, cht_scenario="task")
 PRESETS["cht_omniglot_class"] = dict(_CHT, cht_scenario="class")
 PRESETS["cht_omniglot_minibatch"] = dict(_CHT, cht_scenario="minibatch")
+# tieredImageNet (the paper's natural-image CHT data; SPEC §7 gives no recipe): the HT's
+# 5-way 5-shot tieredImageNet tasks (colour 84 px, lrelu, augmentations, 8 channels) with the
+# Omniglot CHT's embedding, sequence length and optimiser (docs/continual.md).
+_CHT_TIERED: dict[str, Any] = {**PRESETS["tieredimagenet_5shot"], **_CHT_RECIPE}
+PRESETS["cht_tieredimagenet_task"] = dict(_CHT_TIERED, cht_scenario="task")
+PRESETS["cht_tieredimagenet_class"] = dict(_CHT_TIERED, cht_scenario="class")
 # ConstPN: the same CNN as a trained ProtoNet embedding, episodes of single 5-way 1-shot tasks;
 # evaluated by the same continual protocol (task-incremental by default).
 PRESETS["protonet_omniglot_continual"] = dict(_CHT, model_type="protonet", cht_scenario="task")
