@@ -19,6 +19,7 @@ _COMMAND_MODULES = [
     "hypertransformer.model.cli",
     "hypertransformer.evaluation.cli",
     "hypertransformer.inference.cli",
+    "hypertransformer.inference.serve",
 ]
 
 
