@@ -3,24 +3,34 @@
 Usage::
 
     python benchmarks/throughput.py --preset omniglot_1shot [--episodes-per-step T]
-        [--threads N] [--data-dir D] [--steps N] [--eval-tasks 1024] [--json]
+        [--nproc P] [--threads N] [--data-dir D] [--steps N] [--eval-tasks 1024] [--json]
 
 Data: the built-in glyphs splits (offline) unless ``--data-dir`` is given, which uses the
 preset's own datasets read from that folder (e.g. the Omniglot zips).
 
-Measured, in this order, all with ``--threads`` intra-op threads:
+Training is measured as the ``train`` command runs it by default: through
+``training.launch.run_training`` (the trainer itself), on ``--nproc`` processes (default:
+``train``'s, the usable cores, at most T) with one intra-op thread each, or in this process
+with torch's default threads when P = 1, in the dtype of the preset's ``mixed_precision``.
+``--threads`` changes the intra-op threads per process.  Measured, in this order:
 
-* ``sampling_episodes_per_s``: episodes drawn by the training sampler alone;
-* ``episodes_per_s``: whole training steps (sampling, forward, backward, optimiser step)
-  after ``--warmup`` untimed steps;
-* ``gflops``: the FLOPs of one training step (``torch.utils.flop_counter.FlopCounterMode``:
-  matmuls, convolutions, attention; forward and backward) times steps per second;
-* ``peak_gflops``: the best fp32 matmul rate of large square matrices, measured in the same
-  run; ``ratio = gflops / peak_gflops``;
-* ``eval_s``: the SPEC §5 evaluation (``evaluate_model``: ``--eval-tasks`` × the preset's
-  ``num_eval_batches`` (16) × ``eval_batch_size`` (100) queries) of the untrained model on
-  the test split (0 skips it);
-* ``peak_rss_mb``: the process's peak resident memory (``resource.getrusage``).
+* ``episodes_per_s``, ``step_ms``: whole training steps (sampling, forward, backward, the
+  ranks' all-reduces, optimiser step) after ``--warmup`` untimed steps: the trainer's own
+  step time (``wall_time`` of ``metrics.jsonl``; held-out evaluations and checkpoints are
+  not in it);
+* ``baseline_episodes_per_s``: the same for the original recipe in the same run: one episode
+  per step, fp32, one process (torch's default threads); ``speedup`` = ours / that;
+* ``sampling_episodes_per_s``: episodes drawn by the training sampler alone (this process);
+* ``gflops``: the FLOPs of one training step of T episodes
+  (``torch.utils.flop_counter.FlopCounterMode``: matmuls, convolutions, attention; forward
+  and backward) times steps per second;
+* ``peak_gflops``: the best fp32 matmul rate of large square matrices on all usable cores,
+  measured in the same run; ``ratio = gflops / peak_gflops``;
+* ``eval_s``: the SPEC §5 evaluation (``evaluate_model`` with its defaults, i.e. one process
+  per core: ``--eval-tasks`` × the preset's ``num_eval_batches`` (16) × ``eval_batch_size``
+  (100) queries) of the untrained model on the test split (0 skips it);
+* ``peak_rss_mb``: the peak resident memory of the largest process (this one, a rank or an
+  evaluation process; ``resource.getrusage``): the total is at most ``nproc`` times it.
 
 With ``--json`` the last line printed is one JSON object with these keys.
 """
@@ -29,8 +39,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +56,8 @@ from hypertransformer.data.registry import load_split
 from hypertransformer.data.sampler import EpisodeSampler
 from hypertransformer.evaluation.evaluator import evaluate_model
 from hypertransformer.model import HyperTransformer
+from hypertransformer.training.distributed import MIXED_PRECISION
+from hypertransformer.training.launch import Job, run_training, usable_cores
 from hypertransformer.training.trainer import build_optimizer
 
 PEAK_SIZE = 2048  # side of the square matmuls of the peak measurement
@@ -55,8 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", required=True, choices=presets.names())
     p.add_argument("--episodes-per-step", type=int, default=None,
                    help="episodes per training step (default: the preset's)")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                   help="torch intra-op threads (default: %(default)s)")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="training processes (default: train's, min(cores, episodes per step))")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads per training process (default: train's, 1 per "
+                        "process, torch's default for one process)")
     p.add_argument("--data-dir", default=None,
                    help="the preset's own data from this folder (default: built-in glyphs)")
     p.add_argument("--steps", type=int, default=50, help="timed training steps")
@@ -66,8 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     args = p.parse_args(argv)
-    for name in ("threads", "steps"):
-        if getattr(args, name) < 1:
+    for name in ("nproc", "threads", "steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
     if args.episodes_per_step is not None and args.episodes_per_step < 1:
         p.error("--episodes-per-step must be at least 1")
@@ -143,47 +160,81 @@ def training_step(cfg: Config, seed: int) -> tuple[Callable[[], None], EpisodeSa
     return step, sampler, model
 
 
+def train_seconds_per_step(cfg: Config, nproc: int, threads: int | None, steps: int,
+                           warmup: int) -> float:
+    """Seconds per training step of ``cfg`` as ``train`` runs it on ``nproc`` processes
+    (``threads`` intra-op threads each; None: ``train``'s default): the trainer's own step time
+    over ``steps`` steps after ``warmup``, read from its ``metrics.jsonl``."""
+    default_threads = torch.get_num_threads()
+    saved_env = os.environ.get("OMP_NUM_THREADS")
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # the ranks'
+        torch.set_num_threads(threads)  # this process's, when nproc = 1
+    try:
+        with tempfile.TemporaryDirectory(prefix="throughput-") as log_dir:
+            job = Job(cfg.replace(train_steps=warmup + steps, train_log_dir=log_dir),
+                      progress=False, log_every=warmup or steps)
+            if run_training(job, nproc) != 0:
+                raise RuntimeError("the training run failed")
+            lines = [json.loads(line) for line in open(os.path.join(log_dir, "metrics.jsonl"))]
+    finally:
+        torch.set_num_threads(default_threads)
+        if saved_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved_env
+    wall = {line["step"]: line["wall_time"] for line in lines}
+    return (wall[warmup + steps] - wall.get(warmup, 0.0)) / steps
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
     cfg = build_config(args)
     t = cfg.episodes_per_step
+    nproc = min(usable_cores(), t) if args.nproc is None else args.nproc
+    threads = args.threads or (1 if nproc > 1 else torch.get_num_threads())
+    # the original recipe first: one episode per step, fp32, one process, default threads
+    baseline_s = train_seconds_per_step(
+        cfg.replace(episodes_per_step=1, mixed_precision="none"), 1, None, args.steps,
+        args.warmup)
+    step_s = train_seconds_per_step(cfg, nproc, args.threads, args.steps, args.warmup)
+
+    torch.set_num_threads(threads)
     step, sampler, model = training_step(cfg, args.seed)
-
-    for _ in range(args.warmup):
-        step()
-
     start = time.perf_counter()
     for _ in range(args.steps):
         sampler.sample(t)
     sampling_s = time.perf_counter() - start
-
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    train_s = time.perf_counter() - start
-
     with FlopCounterMode(display=False, custom_mapping={
             torch.ops.aten.convolution_backward: conv_backward_flop}) as counter:
         step()
     flops = counter.get_total_flops()
 
+    torch.set_num_threads(usable_cores())
     peak = peak_matmul_gflops()
-    steps_per_s = args.steps / train_s
+    steps_per_s = 1 / step_s
     gflops = flops * steps_per_s / 1e9
     eval_s = 0.0
     if args.eval_tasks:
+        torch.manual_seed(args.seed)
+        model = HyperTransformer(cfg)
         result = evaluate_model(model, cfg, load_split(cfg, "test"), num_tasks=args.eval_tasks,
                                 num_batches=cfg.num_eval_batches,
                                 batch_size=cfg.eval_batch_size, seed=args.seed)
         eval_s = result.seconds
+    rss = max(resource.getrusage(who).ru_maxrss
+              for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     return {
         "preset": args.preset,
         "data": "glyphs" if args.data_dir is None else args.data_dir,
-        "threads": args.threads,
+        "nproc": nproc,
+        "threads": threads,
+        "dtype": str(MIXED_PRECISION[cfg.mixed_precision] or torch.float32).split(".")[-1],
         "episodes_per_step": t,
         "steps": args.steps,
         "episodes_per_s": t * steps_per_s,
-        "step_ms": 1000 / steps_per_s,
+        "step_ms": 1000 * step_s,
+        "baseline_episodes_per_s": 1 / baseline_s,
+        "speedup": t * steps_per_s * baseline_s,
         "sampling_episodes_per_s": t * args.steps / sampling_s,
         "gflop_per_step": flops / 1e9,
         "gflops": gflops,
@@ -193,22 +244,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "eval_batches": cfg.num_eval_batches,
         "eval_batch_size": cfg.eval_batch_size,
         "eval_s": eval_s,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": rss / 1024,
     }
 
 
 def report(r: dict[str, Any]) -> str:
     return "\n".join([
-        f"{r['preset']} on {r['data']}, {r['threads']} thread(s), "
-        f"{r['episodes_per_step']} episodes/step, {r['steps']} steps",
+        f"{r['preset']} on {r['data']}, {r['nproc']} process(es) × {r['threads']} thread(s), "
+        f"{r['dtype']}, {r['episodes_per_step']} episodes/step, {r['steps']} steps",
         f"train      {r['episodes_per_s']:9.1f} episodes/s  ({r['step_ms']:.1f} ms/step)",
+        f"baseline   {r['baseline_episodes_per_s']:9.1f} episodes/s  (1 episode/step, float32, "
+        f"1 process); speedup {r['speedup']:.2f}",
         f"sampling   {r['sampling_episodes_per_s']:9.1f} episodes/s",
         f"compute    {r['gflops']:9.2f} GFLOP/s   ({r['gflop_per_step']:.3f} GFLOP/step)",
         f"peak       {r['peak_gflops']:9.2f} GFLOP/s   (fp32 matmul {PEAK_SIZE}²)",
         f"ratio      {r['ratio']:9.3f}",
         f"evaluation {r['eval_s']:9.1f} s         ({r['eval_tasks']} tasks × {r['eval_batches']} × "
         f"{r['eval_batch_size']})",
-        f"peak RSS   {r['peak_rss_mb']:9.0f} MB",
+        f"peak RSS   {r['peak_rss_mb']:9.0f} MB    (largest process)",
     ])
 
 

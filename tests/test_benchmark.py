@@ -16,7 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 KEYS = {"episodes_per_s", "gflops", "peak_gflops", "ratio", "eval_s", "peak_rss_mb",
-        "sampling_episodes_per_s", "threads", "episodes_per_step"}
+        "sampling_episodes_per_s", "threads", "episodes_per_step", "nproc", "dtype",
+        "baseline_episodes_per_s", "speedup"}
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,7 @@ def throughput():
 def test_arguments(throughput):
     args = throughput.parse_args(["--preset", "omniglot_1shot"])
     assert (args.steps, args.eval_tasks, args.data_dir, args.json) == (50, 1024, None, False)
+    assert (args.nproc, args.threads) == (None, None)  # train's defaults
     cfg = throughput.build_config(args)
     assert cfg.episodes_per_step == 1  # the preset's
     assert (cfg.train_dataset, cfg.test_dataset) == ("glyphs:train", "glyphs:test")
@@ -38,8 +40,8 @@ def test_arguments(throughput):
         ["--preset", "omniglot_1shot", "--episodes-per-step", "16", "--data-dir", "/d"]))
     assert cfg.episodes_per_step == 16
     assert (cfg.data_dir, cfg.train_dataset) == ("/d", "omniglot:0-1149")
-    for bad in (["--steps", "0"], ["--threads", "0"], ["--episodes-per-step", "0"],
-                ["--eval-tasks", "-1"], ["--preset", "nope"]):
+    for bad in (["--steps", "0"], ["--threads", "0"], ["--nproc", "0"],
+                ["--episodes-per-step", "0"], ["--eval-tasks", "-1"], ["--preset", "nope"]):
         with pytest.raises(SystemExit):
             throughput.parse_args(["--preset", "glyphs_demo", *bad])
 
@@ -57,21 +59,47 @@ def test_grouped_conv_backward_counts_each_group_once(throughput):
         assert counts["aten.convolution_backward"] == 2 * counts["aten.convolution"]
 
 
-def test_tiny_run_prints_json_last(tmp_path):
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_tiny_run_prints_json_last(tmp_path, nproc):
+    """Training as ``train`` runs it (``nproc`` processes of 1 thread), the one-process fp32
+    one-episode baseline beside it, and the evaluation."""
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--preset", "glyphs_demo", "--episodes-per-step", "2",
-         "--steps", "2", "--warmup", "1", "--eval-tasks", "2", "--threads", "1", "--json"],
+         "--nproc", str(nproc), "--steps", "2", "--warmup", "1", "--eval-tasks", "2",
+         "--threads", "1", "--json"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert any(line.startswith("train") for line in lines[:-1])  # the human-readable report
+    assert any(line.startswith("baseline") for line in lines[:-1])
     result = json.loads(lines[-1])
     assert KEYS <= set(result)
-    assert (result["threads"], result["episodes_per_step"], result["eval_tasks"]) == (1, 2, 2)
+    assert (result["nproc"], result["threads"], result["dtype"]) == (nproc, 1, "float32")
+    assert (result["episodes_per_step"], result["eval_tasks"]) == (2, 2)
     for key in ("episodes_per_s", "gflops", "peak_gflops", "eval_s", "peak_rss_mb",
-                "sampling_episodes_per_s"):
+                "sampling_episodes_per_s", "baseline_episodes_per_s"):
         assert result[key] > 0, key
     assert result["ratio"] == pytest.approx(result["gflops"] / result["peak_gflops"])
+    assert result["speedup"] == pytest.approx(
+        result["episodes_per_s"] / result["baseline_episodes_per_s"])
+
+
+def test_defaults_are_trains(throughput, monkeypatch):
+    """Without --nproc and --threads: train's processes (the cores, at most T), 1 thread each
+    when there are several; the dtype of the preset's mixed_precision."""
+    monkeypatch.setattr(throughput, "usable_cores", lambda: 2)
+    seen = []
+    monkeypatch.setattr(throughput, "train_seconds_per_step",
+                        lambda cfg, nproc, threads, steps, warmup:
+                        seen.append((cfg.episodes_per_step, cfg.mixed_precision, nproc,
+                                     threads)) or 0.5)
+    monkeypatch.setattr(throughput, "peak_matmul_gflops", lambda: 100.0)
+    args = throughput.parse_args(["--preset", "glyphs_demo", "--episodes-per-step", "4",
+                                  "--steps", "1", "--eval-tasks", "0"])
+    result = throughput.run(args)
+    assert seen == [(1, "none", 1, None), (4, "none", 2, None)]  # baseline, then ours
+    assert (result["nproc"], result["threads"], result["dtype"]) == (2, 1, "float32")
+    assert result["speedup"] == pytest.approx(4.0)
 
 
 def test_profile_step_prints_per_operator_times():
