@@ -113,3 +113,18 @@ def test_profile_step_prints_per_operator_times():
     assert lines[1].split() == ["operator", "ms/step", "calls/step"]
     assert len(lines) == 2 + 4
     assert all(float(line.split()[-2]) >= 0 for line in lines[2:])
+
+
+@pytest.mark.parametrize("extra", [[], ["--inference"]])
+def test_conv_forms_agree_and_print_a_row_per_layer(extra):
+    """Every form of the conv layer gives the model's result (the script checks, forward and
+    gradients) and is timed at each layer shape (28 -> 14 -> 7 -> 3 px: four layers)."""
+    script = SCRIPT.with_name("conv_forms.py")
+    out = subprocess.run(
+        [sys.executable, str(script), "--tasks", "4", "--images", "3", "--rounds", "1",
+         *extra], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[1].split() == ["layer", "grouped_cl", "grouped", "unfold_bmm", "blockdiag2",
+                                "blockdiag4"]
+    assert [line.split()[0] for line in lines[2:]] == ["1->8", "8->8", "8->8", "8->8"]
