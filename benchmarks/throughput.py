@@ -23,7 +23,8 @@ with torch's default threads when P = 1, in the dtype of the preset's ``mixed_pr
 * ``sampling_episodes_per_s``: episodes drawn by the training sampler alone (this process);
 * ``gflops``: the FLOPs of one training step of T episodes
   (``torch.utils.flop_counter.FlopCounterMode``: matmuls, convolutions, attention; forward
-  and backward) times steps per second;
+  and backward; counted on one rank's share of T and scaled to T, as they grow linearly with
+  the episodes) times steps per second;
 * ``peak_gflops``: the best fp32 matmul rate of large square matrices on all usable cores,
   measured in the same run; ``ratio = gflops / peak_gflops``;
 * ``eval_s``: the SPEC §5 evaluation (``evaluate_model`` with its defaults, i.e. one process
@@ -56,7 +57,7 @@ from hypertransformer.data.registry import load_split
 from hypertransformer.data.sampler import EpisodeSampler
 from hypertransformer.evaluation.evaluator import evaluate_model
 from hypertransformer.model import HyperTransformer
-from hypertransformer.training.distributed import MIXED_PRECISION
+from hypertransformer.training.distributed import MIXED_PRECISION, shard_sizes
 from hypertransformer.training.launch import Job, run_training, usable_cores
 from hypertransformer.training.trainer import build_optimizer
 
@@ -199,7 +200,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     step_s = train_seconds_per_step(cfg, nproc, args.threads, args.steps, args.warmup)
 
     torch.set_num_threads(threads)
-    step, sampler, model = training_step(cfg, args.seed)
+    # FLOPs grow linearly with the episodes: count one rank's step (its share of T) and scale
+    shard = shard_sizes(t, nproc)[0]
+    step, sampler, model = training_step(cfg.replace(episodes_per_step=shard), args.seed)
     start = time.perf_counter()
     for _ in range(args.steps):
         sampler.sample(t)
@@ -207,7 +210,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with FlopCounterMode(display=False, custom_mapping={
             torch.ops.aten.convolution_backward: conv_backward_flop}) as counter:
         step()
-    flops = counter.get_total_flops()
+    flops = counter.get_total_flops() * t / shard
 
     torch.set_num_threads(usable_cores())
     peak = peak_matmul_gflops()
