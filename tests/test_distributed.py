@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,8 @@ from hypertransformer.config import Config
 from hypertransformer.training import latest_checkpoint, launch, load_checkpoint, train
 from hypertransformer.training import trainer as trainer_module
 from hypertransformer.training.distributed import RANK_SEED_STRIDE, rank_seed
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 RANKS = 2
@@ -48,14 +49,6 @@ TINY = dict(num_labels=5, samples_transformer=5, samples_cnn=10, default_num_cha
 LOG_EVERY = 1
 HELDOUT_EPISODES = 4
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest single-threaded (and do not fight the ranks for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(data_dir: Path, **overrides: object) -> Config:

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -339,13 +338,6 @@ def test_data_prepare_into_a_cache_folder(tmp_path, capsys, decodes, monkeypatch
 
 
 # ---- the natural-image path end to end ------------------------------------------------------
-@pytest.fixture()
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_train_and_evaluate_on_colour_episodes(tmp_path, one_thread):
     from hypertransformer.evaluation.evaluator import evaluate_checkpoint

@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,17 +34,11 @@ from hypertransformer.model import ContinualHyperTransformer, HyperTransformer, 
 from hypertransformer.training import save_checkpoint, train
 from hypertransformer.training.checkpoint import FORMAT_VERSION, CheckpointError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # A tiny 5-way 1-shot glyphs model (as in test_cli_errors.py).
 TINY = dict(samples_cnn=10, default_num_channels=4, num_layerwise_features=4, embedding_dim=8,
             num_layers=1, heads=1, shared_feature_extractor="2-layer", shared_features_dim=8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(**overrides: object):  # noqa: ANN201

@@ -4,7 +4,6 @@ contract and the error policy (one line ``<prog>: error: ...``, exit 2) on every
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +19,12 @@ from hypertransformer.model import HyperTransformer
 from hypertransformer.training import save_checkpoint
 from hypertransformer.training.checkpoint import FORMAT_VERSION
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = dict(samples_cnn=10, default_num_channels=4, num_layerwise_features=4, embedding_dim=8,
             num_layers=1, heads=1, shared_feature_extractor="2-layer", shared_features_dim=8)
 CLASSES = ["alpha", "beta", "gamma"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,10 @@ from hypertransformer.training import (
 from hypertransformer.training import trainer as trainer_module
 from hypertransformer.training.distributed import shard_sizes
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="/proc lists a process's children")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(sys.platform != "linux", reason="/proc lists a process's children"),
+]
 
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE = 300.0  # seconds; generous, starting the ranks takes a few on an idle machine
@@ -53,13 +55,6 @@ TINY = ["--episodes-per-step", str(T), "--nproc", str(NPROC), "--log-every", "1"
                          "learning_rate=0.05", "steps_between_saves=1000")
           for arg in ("--set", kv))]
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def arguments(log_dir: Path, steps: int) -> list[str]:

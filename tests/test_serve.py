@@ -13,7 +13,7 @@ import os
 import re
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
@@ -29,6 +29,8 @@ from hypertransformer import cli
 from hypertransformer.inference import load_classifier, pretrained
 from hypertransformer.inference.cli import support_folder
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_roundtrip.py"
 Files = dict[str, Path]
 # The fixture of a tiny 5-way glyphs model (random weights) with PNGs of CLASSES and queries.
@@ -42,14 +44,6 @@ def missing(what: str) -> None:
         pytest.fail(reason)
     pytest.skip(reason)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One torch thread (as the server sets it), restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

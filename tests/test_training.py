@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,18 +28,12 @@ from hypertransformer.training import (
 from hypertransformer.training.checkpoint import CheckpointError
 from hypertransformer.training.trainer import build_optimizer, learning_rate
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest single-threaded (and do not fight other jobs for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # A tiny 5-way 1-shot HT with dropout (so resuming must restore the RNG), AdamW (optimiser
