@@ -125,7 +125,7 @@ def test_one_generate_per_task_batch_and_classify_per_query_batch(toy_test):
     cfg, data = toy_test
     stub = StubModel(cfg.num_labels, right_batches=1)
     result = evaluate_model(stub, cfg, data, num_tasks=5, num_batches=4, batch_size=10,
-                            seed=0, tasks_per_call=2, processes=1)
+                            seed=0, tasks_per_call=2)
     # tasks 0-1, 2-3, 4: three generate calls, each followed by 4 query batches
     assert [s.shape[0] for s, _ in stub.generated] == [2, 2, 1]
     assert len(stub.classified) == 3 * 4
@@ -150,8 +150,7 @@ def test_support_set_is_fixed_per_task(toy_test):
     the 5-way support has one image per class."""
     cfg, data = toy_test
     stub = StubModel(cfg.num_labels, right_batches=3)
-    result = evaluate_model(stub, cfg, data, num_tasks=4, num_batches=3, batch_size=10,
-                            processes=1)
+    result = evaluate_model(stub, cfg, data, num_tasks=4, num_batches=3, batch_size=10)
     assert result.task_accuracies == [1.0] * 4  # the lookup from the support set is right
     for support_x, _ in stub.generated:
         classes = class_of(support_x)
@@ -164,7 +163,7 @@ def test_deterministic_for_a_seed_and_independent_of_tasks_per_call(toy_test):
     def supports(seed: int, tasks_per_call: int) -> torch.Tensor:
         stub = StubModel(cfg.num_labels, right_batches=1)
         evaluate_model(stub, cfg, data, num_tasks=6, num_batches=2, batch_size=10,
-                       seed=seed, tasks_per_call=tasks_per_call, processes=1)
+                       seed=seed, tasks_per_call=tasks_per_call)
         return torch.cat([class_of(s) for s, _ in stub.generated])
 
     a = supports(0, 6)
@@ -220,8 +219,7 @@ def test_one_augmentation_state_per_task_for_its_support_and_all_query_batches(m
                               per_label_augmentation=False, test_random_rotate_by_90=True,
                               test_per_label_augmentation=True)
     stub = StubModel(cfg.num_labels, right_batches=3)
-    evaluate_model(stub, cfg, data, num_tasks=6, num_batches=3, batch_size=10, tasks_per_call=2,
-                   processes=1)
+    evaluate_model(stub, cfg, data, num_tasks=6, num_batches=3, batch_size=10, tasks_per_call=2)
     assert len(stub.classified) == 3 * 3
     turns_seen = set()
     for query_x, weights in stub.classified:
@@ -242,8 +240,7 @@ def test_evaluation_samples_in_evaluation_mode(marked_dir):
                               max_prob_remove_unlabeled=1.0)
     assert cfg.random_rotate_by_90 and not cfg.test_random_rotate_by_90
     stub = StubModel(cfg.num_labels, right_batches=2)
-    evaluate_model(stub, cfg, data, num_tasks=8, num_batches=2, batch_size=10, tasks_per_call=4,
-                   processes=1)
+    evaluate_model(stub, cfg, data, num_tasks=8, num_batches=2, batch_size=10, tasks_per_call=4)
     assert len(stub.masks) == 2
     assert all(mask is None or bool(mask.all()) for mask in stub.masks)  # nothing removed
     images = [x for support_x, _ in stub.generated for x in support_x.flatten(0, 1)]
@@ -267,31 +264,6 @@ def test_real_model_result_is_consistent_and_reproducible(toy_test):
     # accuracies of 10-query batches are multiples of 1/10; a task's is a mean of 2
     assert all(abs(x * 20 - round(x * 20)) < 1e-5 for x in a.task_accuracies)
     assert a.seconds > 0
-
-
-def test_processes_give_the_single_process_result(toy_test):
-    """Forked evaluation processes (one intra-op thread each, each taking the next generate
-    call) give exactly the task accuracies of one process, in task order."""
-    cfg, data = toy_test
-    torch.manual_seed(0)
-    model = HyperTransformer(cfg)
-    model.train()
-    protocol = dict(num_tasks=7, num_batches=2, batch_size=10, seed=5, tasks_per_call=2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        one = evaluate_model(model, cfg, data, processes=1, **protocol)
-        assert torch.get_num_threads() == 2  # restored (the evaluation ran with 1)
-    finally:
-        torch.set_num_threads(threads)
-    for processes in (2, 3):
-        many = evaluate_model(model, cfg, data, processes=processes, **protocol)
-        assert many.task_accuracies == one.task_accuracies
-        assert (many.accuracy, many.ci95) == (one.accuracy, one.ci95)
-    assert model.training  # the mode is restored
-    assert len(set(one.task_accuracies)) > 1  # not trivially equal
-    with pytest.raises(ValueError, match="processes"):
-        evaluate_model(model, cfg, data, processes=0, **protocol)
 
 
 # ---- checkpoints: the evaluate command ----------------------------------------------------

@@ -29,11 +29,10 @@ from __future__ import annotations
 import functools
 import json
 import math
-import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,6 @@ from hypertransformer.training.checkpoint import (
     model_from_checkpoint,
     resolve_checkpoint,
 )
-from hypertransformer.training.launch import usable_cores
 
 EVAL_DIR = "eval"
 CONTINUAL_MODELS = ("cht", "merged_ht", "protonet")  # evaluated on sequences of tasks (.continual)
@@ -68,8 +66,8 @@ SPLITS = ("train", "val", "test")
 # CPU cores 8 tasks per call (800 images) evaluated 1.2-1.6x faster than 40
 # (docs/performance.md).
 CLASSIFY_IMAGES = 800
-# Query batches classified concurrently (threads) when evaluating in one process, each with one
-# intra-op thread: the small kernels of one batch scale poorly over threads.
+# Query batches classified concurrently (threads): on 2 CPU cores ~1.25x faster than one
+# batch at a time with 2 intra-op threads, as the small kernels of one batch scale poorly.
 CLASSIFY_WORKERS = 2
 QUERY_BYTES = 256 * 2**20
 
@@ -118,111 +116,62 @@ def _batch_accuracy(model: HyperTransformer, batch: EpisodeBatch, weights: Gener
                     batch_size: int, b: int) -> torch.Tensor:
     """The accuracy of each task of ``batch`` on its query batch ``b`` (no gradients)."""
     chunk = slice(b * batch_size, (b + 1) * batch_size)
-    with torch.inference_mode():  # per thread
+    with torch.no_grad():  # per thread
         logits = model.classify(batch.query_x[:, chunk], weights)
     return (logits.argmax(-1) == batch.query_y[:, chunk]).float().mean(dim=1)
 
 
-def _evaluate_chunks(model: HyperTransformer, sampler: Sampler, chunks: list[tuple[int, int]],
-                     num_batches: int, batch_size: int, seed: int,
-                     classify_workers: int) -> list[float]:
-    """The task accuracies of ``chunks`` ((first task, count) each, in order).  One thread
-    draws the next chunk's tasks while the model runs on this one, and ``classify_workers``
-    threads classify the query batches of a chunk side by side."""
-    device = next(model.parameters()).device
-    accuracies: list[float] = []
-    with ThreadPoolExecutor(max_workers=1) as sampling, \
-            ThreadPoolExecutor(max_workers=classify_workers) as workers:
-        def draw(i: int) -> Future[EpisodeBatch]:
-            return sampling.submit(sample_tasks, sampler, *chunks[i], num_batches, seed)
-
-        pending = draw(0)
-        for i, (_, count) in enumerate(chunks):
-            batch = pending.result().to(device)
-            if i + 1 < len(chunks):
-                pending = draw(i + 1)
-            with torch.inference_mode():
-                weights = model.generate(batch.support_x, batch.support_y, batch.support_mask)
-            accuracy = functools.partial(_batch_accuracy, model, batch, weights, batch_size)
-            correct = sum(workers.map(accuracy, range(num_batches)),
-                          torch.zeros(count, device=device))
-            accuracies.extend((correct / num_batches).tolist())
-    return accuracies
-
-
-# What the forked evaluation processes run: set just before they are forked (and inherited).
-_FORKED: dict[str, Any] = {}
-
-
-def _forked_chunk(first: int, count: int) -> list[float]:
-    """In a forked evaluation process (one intra-op thread): the accuracies of one chunk."""
-    w = _FORKED
-    return _evaluate_chunks(w["model"], w["sampler"], [(first, count)], w["num_batches"],
-                            w["batch_size"], w["seed"], classify_workers=1)
-
-
 def evaluate_model(model: HyperTransformer, config: Config, dataset: ClassDataset, *,
                    num_tasks: int = 1024, num_batches: int = 16, batch_size: int = 100,
-                   seed: int = 0, tasks_per_call: int | None = None,
-                   processes: int | None = None) -> EvalResult:
+                   seed: int = 0, tasks_per_call: int | None = None) -> EvalResult:
     """Runs the SPEC §5 protocol of ``model`` on the classes of ``dataset``.
 
     ``config`` gives the episode and test-augmentation settings (``num_labels``,
     ``samples_transformer``, ``balanced_batches``, ``test_*`` ...); its ``samples_cnn`` is
     replaced by ``batch_size`` as the original evaluator does.  ``tasks_per_call`` tasks share
     one ``generate`` call (default: from :data:`CLASSIFY_IMAGES` and :data:`QUERY_BYTES`); it
-    does not change the result.
-
-    Speed, none of which changes the result: no autograd (``torch.inference_mode``), and on a
-    CPU ``processes`` forked processes (default: the usable cores, at most one per
-    ``generate`` call) with one intra-op thread each, each taking the next task batch when
-    it is done with one (a process on a busier core takes fewer).  ``processes=1`` (or a GPU,
-    or no ``fork``) evaluates in this process: one thread draws the next tasks meanwhile, and
-    :data:`CLASSIFY_WORKERS` threads run the ``classify`` calls of a task batch concurrently,
-    on a CPU with one intra-op thread (torch's setting is restored afterwards).  Every kernel
-    thus runs single-threaded in either form, so that the result does not depend on
-    ``processes``: a kernel's fp32 rounding can depend on its thread count, and with it the
-    argmax of near-tied logits.
+    does not change the result.  Threads: one draws the next tasks meanwhile, and
+    :data:`CLASSIFY_WORKERS` run the ``classify`` calls of a task batch concurrently (the
+    calls are independent; the result does not depend on their timing).
     """
     for name, value in [("num_tasks", num_tasks), ("num_batches", num_batches),
                         ("batch_size", batch_size)]:
         if value < 1:
             raise ValueError(f"{name} must be at least 1; got {value}")
-    if processes is not None and processes < 1:
-        raise ValueError(f"processes must be at least 1; got {processes}")
     sampler = EpisodeSampler.from_config(dataset, config.replace(samples_cnn=batch_size),
                                          train=False, seed=seed)
     if tasks_per_call is None:
         image_bytes = 4 * config.image_channels * config.image_size ** 2
         tasks_per_call = max(1, min(CLASSIFY_IMAGES // batch_size,
                                     QUERY_BYTES // (image_bytes * batch_size * num_batches)))
+    device = next(model.parameters()).device
     chunks = [(first, min(tasks_per_call, num_tasks - first))
               for first in range(0, num_tasks, tasks_per_call)]
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    can_fork = on_cpu and "fork" in multiprocessing.get_all_start_methods()
-    processes = min(usable_cores() if processes is None else processes, len(chunks))
-    was_training, threads = model.training, torch.get_num_threads()
+    was_training = model.training
     model.eval()
     start = time.perf_counter()
+    accuracies = []
     try:
-        if processes == 1 or not can_fork:
-            if on_cpu:  # one intra-op thread, as in the forked processes: the same rounding
-                torch.set_num_threads(1)
-            accuracies = _evaluate_chunks(model, sampler, chunks, num_batches, batch_size, seed,
-                                          CLASSIFY_WORKERS)
-        else:
-            _FORKED.update(model=model, sampler=sampler, num_batches=num_batches,
-                           batch_size=batch_size, seed=seed)
-            try:
-                with ProcessPoolExecutor(processes, multiprocessing.get_context("fork"),
-                                         initializer=torch.set_num_threads,
-                                         initargs=(1,)) as pool:
-                    parts = pool.map(_forked_chunk, *zip(*chunks, strict=True))
-                    accuracies = [a for part in parts for a in part]
-            finally:
-                _FORKED.clear()
+        # One thread draws the next chunk's tasks while the model runs on this one, and
+        # CLASSIFY_WORKERS threads classify the query batches of a chunk side by side.
+        with ThreadPoolExecutor(max_workers=1) as sampling, \
+                ThreadPoolExecutor(max_workers=CLASSIFY_WORKERS) as workers:
+            def draw(i: int) -> Future[EpisodeBatch]:
+                return sampling.submit(sample_tasks, sampler, *chunks[i], num_batches, seed)
+
+            pending = draw(0)
+            for i, (_, count) in enumerate(chunks):
+                batch = pending.result().to(device)
+                if i + 1 < len(chunks):
+                    pending = draw(i + 1)
+                with torch.no_grad():
+                    weights = model.generate(batch.support_x, batch.support_y,
+                                             batch.support_mask)
+                accuracy = functools.partial(_batch_accuracy, model, batch, weights, batch_size)
+                correct = sum(workers.map(accuracy, range(num_batches)),
+                              torch.zeros(count, device=device))
+                accuracies.extend((correct / num_batches).tolist())
     finally:
-        torch.set_num_threads(threads)
         model.train(was_training)
     mean, ci95 = confidence_interval(accuracies)
     return EvalResult(accuracy=mean, ci95=ci95, num_tasks=num_tasks, num_batches=num_batches,
