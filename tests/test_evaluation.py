@@ -295,6 +295,19 @@ def test_evaluate_command_writes_record_and_prints_json(trained, tmp_path, capsy
     assert json.loads(record_path(log_dir, "train", 2).read_text())["dataset"] == "toy:0-6"
 
 
+def test_a_relative_checkpoint_path_is_recorded_relative(trained, tmp_path, monkeypatch,
+                                                          capsys):
+    """Saved records name the checkpoint as given, so outputs kept in docs carry no machine's
+    absolute paths."""
+    shutil.copytree(trained, tmp_path / "log")
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["evaluate", "--log-dir", "log", "--tasks", "2", "--batches", "1",
+                     "--batch-size", "10", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["checkpoint"] == str(Path("log") / "checkpoints" / "ckpt-00000002.pt")
+    assert json.loads(record_path("log", "test", 2).read_text()) == record
+
+
 def test_evaluate_command_errors(trained, tmp_path, capsys):
     assert cli_main(["evaluate", "--log-dir", str(tmp_path)]) == 2
     assert "no checkpoint" in capsys.readouterr().err

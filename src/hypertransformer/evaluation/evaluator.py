@@ -235,7 +235,7 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, seed: in
                                 **protocol).to_dict()
     return {
         "split": split, "dataset": dataset.name, "step": int(state["step"]),
-        "checkpoint": str(checkpoint.resolve()), "seed": seed,
+        "checkpoint": str(checkpoint), "seed": seed,  # as given: relative stays relative
         "model_type": config.model_type, "num_labels": config.num_labels, "chance": chance,
         **result,
     }
