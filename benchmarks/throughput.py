@@ -27,11 +27,11 @@ with torch's default threads when P = 1, in the dtype of the preset's ``mixed_pr
   the episodes) times steps per second;
 * ``peak_gflops``: the best fp32 matmul rate of large square matrices on all usable cores,
   measured in the same run; ``ratio = gflops / peak_gflops``;
-* ``eval_s``: the SPEC §5 evaluation (``evaluate_model`` with its defaults, i.e. one process
-  per core: ``--eval-tasks`` × the preset's ``num_eval_batches`` (16) × ``eval_batch_size``
-  (100) queries) of the untrained model on the test split (0 skips it);
-* ``peak_rss_mb``: the peak resident memory of the largest process (this one, a rank or an
-  evaluation process; ``resource.getrusage``): the total is at most ``nproc`` times it.
+* ``eval_s``: the SPEC §5 evaluation (``evaluate_model``: ``--eval-tasks`` × the preset's
+  ``num_eval_batches`` (16) × ``eval_batch_size`` (100) queries) of the untrained model on
+  the test split (0 skips it), in this process with all usable cores;
+* ``peak_rss_mb``: the peak resident memory of the largest process (this one or a rank;
+  ``resource.getrusage``): the total is at most ``nproc`` times it.
 
 With ``--json`` the last line printed is one JSON object with these keys.
 """
