@@ -17,10 +17,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
+from runcheck import assert_identical, metrics
 
 from hypertransformer.training.checkpoint import (
     CheckpointError,
@@ -143,35 +142,11 @@ def _assert_all_load(log_dir: Path) -> None:
             load_checkpoint(path)
 
 
-def _metrics(log_dir: Path) -> list[dict[str, Any]]:
-    """The metrics lines without their timings."""
-    return [{k: v for k, v in json.loads(line).items()
-             if k not in ("wall_time", "episodes_per_s")}
-            for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _assert_identical(a: Any, b: Any, where: str) -> None:
-    """Equal values, tensors equal bit for bit (same dtype and shape), recursively."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, where
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for k in a:
-            _assert_identical(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, (where, a, b)
-
-
 def _assert_same_state(path: Path, reference: Path) -> None:
     got, want = load_checkpoint(path), load_checkpoint(reference)
     for key in ("step", "episodes_seen", "best_accuracy", "model", "optimizer", "scheduler",
                 "rng", "rank_rng"):
-        _assert_identical(got[key], want[key], f"{path.name}:{key}")
+        assert_identical(got[key], want[key], f"{path.name}:{key}")
 
 
 def test_sigkill_after_and_during_a_checkpoint_write_resumes_exactly(tmp_path: Path) -> None:
@@ -188,7 +163,7 @@ def test_sigkill_after_and_during_a_checkpoint_write_resumes_exactly(tmp_path: P
     with pytest.raises(CheckpointError):
         load_checkpoint(partial)
     _assert_all_load(drilled)
-    assert [r["step"] for r in _metrics(drilled)] == [1, 2, 3, 4]  # 3, 4 are past ckpt-2
+    assert [r["step"] for r in metrics(drilled)] == [1, 2, 3, 4]  # 3, 4 are past ckpt-2
 
     # (a) Resumed, then killed right after ckpt-6 is renamed into place (before the
     # directory fsync and the pruning): ckpt-6 is the latest and whole.
@@ -207,6 +182,6 @@ def test_sigkill_after_and_during_a_checkpoint_write_resumes_exactly(tmp_path: P
     assert sorted(p.name for p in checkpoint_dir(drilled).iterdir()) == names
     for name in names:
         _assert_same_state(checkpoint_dir(drilled) / name, checkpoint_dir(reference) / name)
-    assert _metrics(drilled) == _metrics(reference)
-    assert [r["step"] for r in _metrics(reference)] == list(range(1, STEPS + 1))
+    assert metrics(drilled) == metrics(reference)
+    assert [r["step"] for r in metrics(reference)] == list(range(1, STEPS + 1))
     assert json.loads((drilled / "done.json").read_text()) == {"step": STEPS, "finished": True}

@@ -19,11 +19,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from ranks import UnionSampler
+from runcheck import assert_identical, metrics
 
 from hypertransformer import cli
 from hypertransformer import train as train_module
@@ -103,29 +103,6 @@ def gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except FileNotFoundError:
         return True
-
-
-def metrics(log_dir: Path) -> list[dict[str, Any]]:
-    """The metrics lines without their timings."""
-    return [{k: v for k, v in json.loads(line).items()
-             if k not in ("wall_time", "episodes_per_s")}
-            for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def assert_identical(a: Any, b: Any, where: str) -> None:
-    """Equal values, tensors equal bit for bit, recursively."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for k in a:
-            assert_identical(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, (where, a, b)
 
 
 def test_a_step_on_two_processes_is_a_step_of_one_process_on_the_union(
