@@ -20,6 +20,9 @@ class Config:
     # ---- data and episodes (SPEC §2) --------------------------------------------------
     train_dataset: str = "emnist"
     test_dataset: str = "emnist:8-61"
+    # (ours) the held-out classes of model selection (the trainer's held-out accuracy and
+    # best.pt) and of `evaluate --split val`; "" means the training dataset's preset val range
+    val_dataset: str = ""
     eval_datasets: str = ""
     data_dir: str | None = None
     data_numpy_dir: str = ""
@@ -34,6 +37,9 @@ class Config:
     shuffle_labels_seed: int = 0
     max_prob_remove_unlabeled: float = 0.0
     max_prob_remove_labeled: float = 0.0
+    # (ours) "" or "alphabet": every evaluation task (train=False samplers: held-out episodes,
+    # evaluate) takes its N classes from one group, the class name before "/" (data.sampler)
+    test_task_groups: str = ""
 
     # ---- augmentation (SPEC §2.4) -------------------------------------------------------
     per_label_augmentation: bool = False

@@ -131,20 +131,32 @@ def dataset_info(ds: ClassDataset) -> dict[str, Any]:
     }
 
 
+def val_spec(cfg: Config) -> str | None:
+    """The classes of the ``val`` split: ``cfg.val_dataset`` when set, else the preset val
+    range of the training dataset's name (``name:val``); None when there is neither."""
+    if cfg.val_dataset:
+        return cfg.val_dataset
+    name, _ = parse_spec(cfg.train_dataset)
+    ranges = split_presets(name)
+    return f"{name}:val" if ranges and "val" in ranges else None
+
+
 def load_split(cfg: Config, split: str) -> ClassDataset:
     """The classes a run uses for ``split``: ``train`` → ``cfg.train_dataset``, ``test`` →
-    ``cfg.test_dataset``, ``val`` → the preset val range of the training dataset's name;
-    read with the config's data paths, image size, channels and ``shuffle_labels_seed``."""
+    ``cfg.test_dataset``, ``val`` → :func:`val_spec` (``cfg.val_dataset``, else the preset val
+    range of the training dataset's name); read with the config's data paths, image size,
+    channels and ``shuffle_labels_seed``."""
     if split == "train":
         spec = cfg.train_dataset
     elif split == "test":
         spec = cfg.test_dataset
     elif split == "val":
-        name, _ = parse_spec(cfg.train_dataset)
-        if split_presets(name) is None:
-            raise DatasetError(f"dataset {name!r} has no preset val split; evaluate on "
-                               "--split test or train")
-        spec = f"{name}:val"
+        found = val_spec(cfg)
+        if found is None:
+            name, _ = parse_spec(cfg.train_dataset)
+            raise DatasetError(f"dataset {name!r} has no preset val split; set val_dataset or "
+                               "evaluate on --split test or train")
+        spec = found
     else:
         raise DatasetError(f"unknown split {split!r}; use train, val or test")
     return load_dataset(spec, data_dir=cfg.data_dir, data_numpy_dir=cfg.data_numpy_dir,

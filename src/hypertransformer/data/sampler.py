@@ -30,6 +30,18 @@ then resize and ``x/128 - 1``, then the natural-image augmentations when configu
 
 Images are resized to ``image_size`` (default: the dataset's height) after augmentation.
 
+Task groups (``task_groups="alphabet"``; the config's ``test_task_groups``, which
+:meth:`EpisodeSampler.from_config` applies to evaluation samplers, ``train=False``: the
+trainer's held-out episodes and the evaluator's tasks, never to training episodes): a class's
+group is the part of its class name before the first ``/`` (Omniglot's alphabet, as in Lake et
+al.'s within-alphabet tasks).  An episode draws its group uniformly among the groups of the
+split, then its ``N`` distinct classes uniformly within that group, both from the sampler's
+generator; everything after the choice of classes (batches, labels, augmentation) is
+unchanged.  The sampler refuses to be built when a class name has no ``/`` or a group holds
+fewer than ``N`` classes (such groups are not skipped: leave them out of the split).  The
+Continual HT's sequences take groups in the ``minibatch`` scenario (one task per sequence)
+and in sequences of one task; longer ``task`` and ``class`` sequences refuse them.
+
 Speed: every class is packed once into one uint8 tensor with per-class offsets (a copy of the
 split's images, made at construction; a memory-mapped dataset, :mod:`.memmap`, is gathered
 from in place, without a copy), and all indices
@@ -83,6 +95,45 @@ def _items(counts: list[int]) -> tuple[Tensor, Tensor]:
     return torch.tensor(label, dtype=torch.long), torch.tensor(position, dtype=torch.long)
 
 
+TASK_GROUPS = ("", "alphabet")
+
+
+def check_task_groups(task_groups: str) -> None:
+    if task_groups not in TASK_GROUPS:
+        raise DatasetError(f"test_task_groups must be '' (tasks of any classes) or 'alphabet' "
+                           f"(each task's classes from one alphabet); got {task_groups!r}")
+
+
+def _group_table(dataset: ClassDataset, task_groups: str,
+                 num_labels: int) -> tuple[Tensor, Tensor] | None:
+    """None without task groups; else (class indices of each group, padded with 0 [G, M],
+    group sizes [G]), the groups in order of first appearance (module docstring)."""
+    check_task_groups(task_groups)
+    if not task_groups:
+        return None
+    groups: dict[str, list[int]] = {}
+    for index, name in enumerate(dataset.class_names):
+        group, slash, _ = name.partition("/")
+        if not slash:
+            raise DatasetError(
+                f"test_task_groups={task_groups!r} takes each task's classes from one "
+                f"alphabet, the part of a class name before '/', but class {index} ({name!r}) "
+                f"of {dataset.name!r} has no '/'; set test_task_groups='' for this dataset")
+        groups.setdefault(group, []).append(index)
+    small = [f"alphabet {group} has {len(members)} characters"
+             for group, members in groups.items() if len(members) < num_labels]
+    if small:
+        raise DatasetError(
+            f"{'; '.join(small)}; {num_labels}-way tasks need {num_labels} (test_task_groups="
+            f"{task_groups!r} takes each task's classes from one alphabet of {dataset.name!r}): "
+            f"leave such alphabets out of the split, lower num_labels or set "
+            f"test_task_groups=''")
+    table = torch.zeros(len(groups), max(len(m) for m in groups.values()), dtype=torch.long)
+    for row, members in enumerate(groups.values()):
+        table[row, :len(members)] = torch.tensor(members)
+    return table, torch.tensor([len(m) for m in groups.values()], dtype=torch.long)
+
+
 class EpisodeSampler:
     """Draws batches of episodes; see the module docstring for the semantics."""
 
@@ -91,7 +142,7 @@ class EpisodeSampler:
                  disjoint: bool = False, max_prob_remove_labeled: float = 0.0,
                  max_prob_remove_unlabeled: float = 0.0,
                  augmentation: AugmentationConfig | None = None, image_size: int | None = None,
-                 seed: int = 0) -> None:
+                 task_groups: str = "", seed: int = 0) -> None:
         n, s, q, u = num_labels, support_size, query_size, unlabeled_per_class
         for name, value, least in [("num_labels", n, 1),
                                    ("support_size (samples_transformer)", s, 1),
@@ -129,6 +180,8 @@ class EpisodeSampler:
         self.max_prob_remove_labeled = max_prob_remove_labeled
         self.max_prob_remove_unlabeled = max_prob_remove_unlabeled
         self.image_size = image_size or dataset.image_shape[0]
+        self.task_groups = task_groups
+        self._groups = _group_table(dataset, task_groups, n)
 
         if balanced:
             support, query = _per_label(s, n), _per_label(q, n)
@@ -165,11 +218,13 @@ class EpisodeSampler:
     @classmethod
     def from_config(cls, dataset: ClassDataset, cfg: Config, *, train: bool,
                     seed: int) -> EpisodeSampler:
-        """The sampler of the original flags; random removal applies to training only.
+        """The sampler of the original flags; random removal applies to training only, task
+        groups (``test_task_groups``) to evaluation only.
 
         ``query_size`` is ``cfg.samples_cnn``; the original evaluator sets
         ``samples_cnn = eval_batch_size`` before building its data.
         """
+        check_task_groups(cfg.test_task_groups)  # a bad value is refused by training too
         return cls(dataset, num_labels=cfg.num_labels, support_size=cfg.samples_transformer,
                    query_size=cfg.samples_cnn,
                    unlabeled_per_class=cfg.unlabeled_samples_per_class,
@@ -177,7 +232,8 @@ class EpisodeSampler:
                    max_prob_remove_labeled=cfg.max_prob_remove_labeled if train else 0.0,
                    max_prob_remove_unlabeled=cfg.max_prob_remove_unlabeled if train else 0.0,
                    augmentation=AugmentationConfig.from_config(cfg, train),
-                   image_size=cfg.image_size, seed=seed)
+                   image_size=cfg.image_size,
+                   task_groups="" if train else cfg.test_task_groups, seed=seed)
 
     def _check_class_sizes(self, need: int, what: str) -> None:
         counts = self.dataset.samples_per_class
@@ -199,9 +255,21 @@ class EpisodeSampler:
         return torch.rand(*shape, generator=self._generator)
 
     def random_classes(self, num_episodes: int, count: int) -> Tensor:
-        """``count`` distinct classes of the split per episode, in random order."""
-        keys = self._rand(num_episodes, self.dataset.num_classes)
-        return keys.topk(count, dim=1, largest=False).indices
+        """``count`` distinct classes of the split per episode, in random order; with task
+        groups, all of one group drawn uniformly per episode (module docstring)."""
+        if self._groups is None:
+            keys = self._rand(num_episodes, self.dataset.num_classes)
+            return keys.topk(count, dim=1, largest=False).indices
+        table, sizes = self._groups
+        if count > int(sizes.min()):
+            raise DatasetError(f"{count} classes from one group: the smallest group "
+                               f"({self.task_groups}) of {self.dataset.name!r} has "
+                               f"{int(sizes.min())}")
+        group = torch.randint(len(sizes), (num_episodes,), generator=self._generator)
+        keys = self._rand(num_episodes, table.shape[1])
+        keys.masked_fill_(torch.arange(table.shape[1]) >= sizes[group, None], 2.0)
+        picks = keys.topk(count, dim=1, largest=False).indices
+        return table[group].gather(1, picks)
 
     def draw_augmentation(self, num_episodes: int) -> AugmentationState | None:
         """One augmentation state per episode (None when no augmentation is configured)."""
@@ -362,6 +430,11 @@ class SequenceSampler:
                 f"a sequence of {num_tasks} tasks of {n} new classes needs {num_tasks * n} "
                 f"classes, but the split {episodes.dataset.name!r} has {have}; use fewer tasks "
                 f"(cht_tasks / cht_eval_tasks / --tasks-per-sequence) or fewer num_labels")
+        if episodes.task_groups and scenario != "minibatch" and num_tasks > 1:
+            raise DatasetError(
+                f"test_task_groups={episodes.task_groups!r} groups the classes of one task; "
+                f"the {scenario}-incremental sequences of the Continual HT draw {num_tasks} "
+                f"tasks of new classes each: set test_task_groups='' or cht_scenario=minibatch")
         self.episodes, self.num_tasks, self.scenario = episodes, num_tasks, scenario
 
     @classmethod

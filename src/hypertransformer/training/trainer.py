@@ -30,9 +30,10 @@ noisy gradient.  ``train_steps`` and the schedule count steps, not episodes (``e
 metrics counts episodes).
 
 Held-out accuracy.  At each logged step a fresh batch of ``heldout_episodes`` episodes is drawn
-from the held-out split (the val range of the training dataset when it has one, else the test
-split) and classified with ``model.eval()`` and no gradients; ``best.pt`` is the checkpoint
-with the best held-out accuracy so far.
+from the held-out split (``val_dataset`` when set, else the val range of the training dataset
+when it has one, else the test split), as evaluation episodes (``test_*`` augmentation,
+``test_task_groups``), and classified with ``model.eval()`` and no gradients; ``best.pt`` is
+the checkpoint with the best held-out accuracy so far.
 
 Resuming.  When ``log_dir`` holds a checkpoint, training continues from the latest one: model,
 optimiser, schedule, step, every RNG (torch, Python, NumPy, both samplers) are restored, so a
@@ -90,9 +91,8 @@ from tqdm import tqdm
 
 from hypertransformer.config import Config
 from hypertransformer.data.base import ClassDataset
-from hypertransformer.data.registry import load_split
+from hypertransformer.data.registry import load_split, val_spec
 from hypertransformer.data.sampler import EpisodeBatch, Sampler, SequenceBatch, make_sampler
-from hypertransformer.data.specs import parse_spec, split_presets
 from hypertransformer.model import build_model
 from hypertransformer.training.checkpoint import (
     FORMAT_VERSION,
@@ -176,9 +176,9 @@ def check_config(config: Config) -> None:
 
 
 def _heldout_data(config: Config) -> ClassDataset:
-    """The val range of the training dataset when it has one, else the test split."""
-    ranges = split_presets(parse_spec(config.train_dataset)[0])
-    return load_split(config, "val" if ranges and "val" in ranges else "test")
+    """The val split when there is one (``val_dataset``, else the training dataset's preset
+    val range: :func:`~hypertransformer.data.registry.val_spec`), else the test split."""
+    return load_split(config, "val" if val_spec(config) else "test")
 
 
 def _rng_state(samplers: dict[str, Sampler], device: torch.device) -> dict[str, Any]:
