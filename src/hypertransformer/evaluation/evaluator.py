@@ -45,6 +45,7 @@ from hypertransformer.data.base import ClassDataset
 from hypertransformer.data.registry import load_split
 from hypertransformer.data.sampler import EpisodeBatch, EpisodeSampler, Sampler
 from hypertransformer.model import HyperTransformer
+from hypertransformer.model.continual import EpisodeClassifier
 from hypertransformer.model.hypertransformer import GeneratedWeights
 from hypertransformer.training.checkpoint import (
     CHECKPOINT_DIR,
@@ -57,7 +58,8 @@ from hypertransformer.training.checkpoint import (
 )
 
 EVAL_DIR = "eval"
-CONTINUAL_MODELS = ("cht", "merged_ht", "protonet")  # evaluated on sequences of tasks (.continual)
+# Evaluated on sequences of tasks (.continual); on sequences of one task, by the HT protocol.
+CONTINUAL_MODELS = ("cht", "merged_ht", "protonet")
 SPLITS = ("train", "val", "test")
 
 # Default ``tasks_per_call``: the most tasks (at least 1) with at most CLASSIFY_IMAGES images
@@ -216,20 +218,25 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, seed: in
     protocol = dict(num_batches=config.num_eval_batches, batch_size=config.eval_batch_size,
                     seed=seed)
     chance = 1.0 / config.num_labels
-    if config.model_type in CONTINUAL_MODELS:  # the continual protocol (SPEC §7)
-        from hypertransformer.evaluation.continual import evaluate_continual
-
-        result = evaluate_continual(model, config, dataset,
-                                    num_sequences=config.num_task_evals,
-                                    num_tasks=config.sequence_length, **protocol)
+    if config.model_type in CONTINUAL_MODELS:
         # Evaluated otherwise than trained: a record of its own, e.g. test-00001000-class.json
-        result["variant"] = "-".join(
+        variant = "-".join(
             [config.cht_scenario] * (config.cht_scenario != saved.cht_scenario)
             + [f"{config.sequence_length}tasks"] * (
                 config.sequence_length != saved.sequence_length)
             + ["recompute"] * config.cht_recompute_prototypes)
-        if config.cht_scenario == "class":  # after the last task: all classes seen
-            chance /= config.sequence_length
+        if config.sequence_length > 1:  # the continual protocol (SPEC §7)
+            from hypertransformer.evaluation.continual import evaluate_continual
+
+            result = evaluate_continual(model, config, dataset,
+                                        num_sequences=config.num_task_evals,
+                                        num_tasks=config.sequence_length, **protocol)
+            if config.cht_scenario == "class":  # after the last task: all classes seen
+                chance /= config.sequence_length
+        else:  # one task per sequence is an episode: the HT's protocol (SPEC §5)
+            result = evaluate_model(EpisodeClassifier(model), config, dataset,
+                                    num_tasks=config.num_task_evals, **protocol).to_dict()
+        result["variant"] = variant
     else:
         result = evaluate_model(model, config, dataset, num_tasks=config.num_task_evals,
                                 **protocol).to_dict()

@@ -183,6 +183,27 @@ class TaskStream:
         return query_y + offset.view(1, -1, 1)
 
 
+class EpisodeClassifier(nn.Module):
+    """A prototype model (CHT, MergedHT, ProtoNet) as an episode classifier with the HT's
+    interface: ``generate`` learns a support set as the first task of a stream,
+    ``classify(query_x, stream)`` returns its logits ``−‖f(x) − c‖²`` [T, Q, N].  A sequence
+    of one task is an episode, so the HT's protocol (SPEC §5) evaluates it this way."""
+
+    def __init__(self, model: PrototypeModel) -> None:
+        super().__init__()
+        assert isinstance(model, nn.Module)
+        self.model = model
+
+    def generate(self, support_x: Tensor, support_y: Tensor,
+                 support_mask: Tensor | None = None) -> TaskStream:
+        stream = TaskStream(self.model, scenario="task")
+        stream.learn(support_x, support_y, support_mask)
+        return stream
+
+    def classify(self, query_x: Tensor, stream: TaskStream) -> Tensor:
+        return stream.logits(query_x.unsqueeze(1)).squeeze(1)
+
+
 def sequence_loss(model: PrototypeModel, batch: SequenceBatch) -> LossOutput:
     """``mean_t Σ_{τ≤t} CE(queries of τ with θ_t)`` over T sequences (module docstring); the
     accuracy is the mean over every (t, τ ≤ t) pair; ``logits`` are the last step's."""
