@@ -174,3 +174,25 @@ def test_checkpoint_files_are_readable_by_others(tmp_path: Path) -> None:
     path = checkpoint_path(tmp_path, 1)
     save_checkpoint(path, make_state(1))
     assert os.stat(path).st_mode & 0o044 == 0o044
+
+
+def test_a_model_only_copy_loads_the_model_but_does_not_resume(tmp_path: Path) -> None:
+    from hypertransformer import presets
+    from hypertransformer.training import train
+    from hypertransformer.training.checkpoint import save_model_only
+
+    config = presets.load("glyphs_demo", embedding_dim=8, num_layers=1, samples_cnn=10,
+                          episodes_per_step=1, train_steps=1, steps_between_saves=1)
+    train(config, tmp_path / "run", progress=False)
+    source = checkpoint_path(tmp_path / "run", 1)
+    copy = checkpoint_path(tmp_path / "copy", 1)
+    save_model_only(source, copy)
+    assert copy.stat().st_size < 0.5 * source.stat().st_size  # AdamW's two moments dropped
+    original, _, _ = model_from_checkpoint(source)
+    model, loaded_config, state = model_from_checkpoint(copy)
+    assert loaded_config == config.replace(train_log_dir=loaded_config.train_log_dir)
+    assert state["optimizer"] == {} and state["step"] == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, original.state_dict()[k]), k
+    with pytest.raises(CheckpointError, match="cannot resume training"):
+        train(config.replace(train_steps=2), tmp_path / "copy", progress=False)

@@ -20,6 +20,10 @@ tensors only, so it loads with ``torch.load(weights_only=True)``:
 * ``best_accuracy`` (best held-out accuracy so far, or ``None``), ``episodes_seen``,
   ``wall_time`` (seconds spent training, summed over resumed runs).
 
+A model-only copy (:func:`save_model_only`, e.g. the pretrained models shipped in the package)
+keeps every key but empties ``optimizer`` (two thirds of an AdamW checkpoint): it evaluates
+and fits classifiers like the original, but cannot resume training.
+
 Writes are atomic: the data goes to a temporary file in the same directory, is flushed and
 fsync-ed, then ``os.replace``-d onto the final name; a crash leaves either the old file or the
 new one, never a partial checkpoint (temporary names never match ``ckpt-*.pt``).
@@ -99,6 +103,13 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def save_model_only(source: str | Path, path: str | Path) -> None:
+    """Copies checkpoint ``source`` to ``path`` without its optimiser state (module
+    docstring)."""
+    state = load_checkpoint(source)
+    save_checkpoint(path, {**state, "optimizer": {}})
 
 
 def _fsync_dir(directory: Path) -> None:

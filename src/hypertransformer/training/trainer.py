@@ -96,6 +96,7 @@ from hypertransformer.data.sampler import EpisodeBatch, Sampler, SequenceBatch, 
 from hypertransformer.model import build_model
 from hypertransformer.training.checkpoint import (
     FORMAT_VERSION,
+    CheckpointError,
     best_checkpoint_path,
     check_compatible,
     checkpoint_path,
@@ -309,6 +310,10 @@ class _Trainer:
     def _restore(self, path: Path) -> None:
         state = load_checkpoint(path)
         check_compatible(state, self.config, path)
+        if not state["optimizer"]:
+            raise CheckpointError(f"checkpoint {path} holds a model without its optimiser "
+                                  f"state (a model-only copy): it evaluates and fits "
+                                  f"classifiers but cannot resume training")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
