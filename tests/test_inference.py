@@ -403,3 +403,19 @@ def test_onnx_export(ht: FewShotModel, glyphs: list[np.ndarray], tmp_path: Path)
         assert np.allclose(logits, clf.cnn(batch).numpy(), atol=1e-5, rtol=0)
     meta = json.loads(session.get_modelmeta().custom_metadata_map["hypertransformer"])
     assert meta["class_names"] == clf.class_names and meta["ink"] == "auto"
+
+
+def test_the_shipped_omniglot_model_classifies_omniglot_test_tasks() -> None:
+    """The package's omniglot_1shot (docs/results.md) on 32 test tasks of the real data."""
+    from realdata import omniglot_dir
+
+    from hypertransformer.data.registry import load_split
+    from hypertransformer.evaluation.evaluator import evaluate_model
+
+    assert "omniglot_1shot" in pretrained.available_pretrained()
+    ht = hypertransformer.load("omniglot_1shot")
+    config = ht.model.config.replace(data_dir=str(omniglot_dir()))
+    assert (config.num_labels, config.shots, config.default_num_channels) == (20, 1, 8)
+    result = evaluate_model(ht.model, config, load_split(config, "test"), num_tasks=32,
+                            num_batches=1, batch_size=100)
+    assert result.accuracy > 0.8  # 86.5 % on the full protocol; chance 5 %

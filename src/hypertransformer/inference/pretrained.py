@@ -1,8 +1,9 @@
 """``load(name or path)``: a trained HyperTransformer, ready to :meth:`~FewShotModel.fit`.
 
 Pretrained models are training checkpoints shipped in the package as
-``hypertransformer/pretrained/<name>.pt`` (the preset's ``checkpoints/best.pt``, copied as it
-is); :data:`PRETRAINED` names the ones this version knows.  Any checkpoint is read with
+``hypertransformer/pretrained/<name>.pt``: a run's checkpoint without its optimiser state
+(:func:`~hypertransformer.training.checkpoint.save_model_only`; which run: docs/results.md).
+:data:`PRETRAINED` names the ones this version knows.  Any checkpoint is read with
 ``torch.load(weights_only=True)`` (:func:`training.checkpoint.load_checkpoint`): tensors and
 plain Python values only, never arbitrary pickled objects.
 """
@@ -16,9 +17,9 @@ from hypertransformer.model.hypertransformer import HyperTransformer
 
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 PRETRAINED: dict[str, str] = {
-    "omniglot_1shot": "20-way 1-shot Omniglot (preset omniglot_1shot)",
-    "omniglot_5shot": "20-way 5-shot Omniglot (preset omniglot_5shot)",
-    "glyphs_demo": "5-way 1-shot, the built-in glyphs data (preset glyphs_demo)",
+    "omniglot_1shot": "20-way 1-shot Omniglot (preset omniglot_1shot_cpu)",
+    "omniglot_5shot": "20-way 5-shot Omniglot (preset omniglot_5shot_cpu)",
+    "glyphs_demo": "5-way 1-shot, the built-in glyphs data (`hypertransformer demo`)",
 }
 
 
