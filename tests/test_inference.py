@@ -38,7 +38,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # A tiny 5-way 1-shot glyphs model (as in test_cli_errors.py).
 TINY = dict(samples_cnn=10, default_num_channels=4, num_layerwise_features=4, embedding_dim=8,
-            num_layers=1, heads=1, shared_feature_extractor="2-layer", shared_features_dim=8)
+            num_layers=1, heads=1, shared_feature_extractor="2-layer", shared_features_dim=8,
+            number_of_trained_cnn_layers=0)  # every layer generated (glyphs_demo: logits only)
 
 
 def tiny_config(**overrides: object):  # noqa: ANN201

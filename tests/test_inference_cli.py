@@ -22,7 +22,8 @@ from hypertransformer.training.checkpoint import FORMAT_VERSION
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(samples_cnn=10, default_num_channels=4, num_layerwise_features=4, embedding_dim=8,
-            num_layers=1, heads=1, shared_feature_extractor="2-layer", shared_features_dim=8)
+            num_layers=1, heads=1, shared_feature_extractor="2-layer", shared_features_dim=8,
+            number_of_trained_cnn_layers=0)  # every layer generated (glyphs_demo: logits only)
 CLASSES = ["alpha", "beta", "gamma"]
 
 
