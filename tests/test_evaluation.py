@@ -234,10 +234,11 @@ def test_one_augmentation_state_per_task_for_its_support_and_all_query_batches(m
 
 def test_evaluation_samples_in_evaluation_mode(marked_dir):
     """The training-only settings (random removal of support samples, the training
-    augmentation: per-label rot90 in glyphs_demo) are off: the evaluator's sampler is built
-    with ``train=False``."""
+    augmentation: per-label rot90, set here) are off: the evaluator's sampler is built with
+    ``train=False``."""
     cfg, data = marked_config(marked_dir, max_prob_remove_labeled=1.0,
-                              max_prob_remove_unlabeled=1.0)
+                              max_prob_remove_unlabeled=1.0, per_label_augmentation=True,
+                              random_rotate_by_90=True)
     assert cfg.random_rotate_by_90 and not cfg.test_random_rotate_by_90
     stub = StubModel(cfg.num_labels, right_batches=2)
     evaluate_model(stub, cfg, data, num_tasks=8, num_batches=2, batch_size=10, tasks_per_call=4)
