@@ -14,7 +14,7 @@ from test_continual import toy_dataset
 
 from hypertransformer import presets
 from hypertransformer.data.sampler import EpisodeSampler
-from hypertransformer.evaluation.evaluator import evaluate_model
+from hypertransformer.evaluation.evaluator import evaluate_model, sample_tasks
 from hypertransformer.model import HyperTransformer, ProtoNet
 from hypertransformer.model.continual import EpisodeClassifier, TaskStream
 
@@ -62,8 +62,6 @@ def test_a_one_task_sequence_is_evaluated_as_an_episode_like_the_continual_strea
                             num_batches=2, batch_size=8, seed=3)
     sampler = EpisodeSampler.from_config(toy_dataset(), cfg.replace(samples_cnn=8),
                                          train=False, seed=3)
-    from hypertransformer.evaluation.evaluator import sample_tasks
-
     batch = sample_tasks(sampler, 0, 6, 2, seed=3)
     stream = TaskStream(model, scenario="task")
     with torch.no_grad():
