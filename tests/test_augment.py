@@ -10,6 +10,7 @@ import torch
 
 from hypertransformer import presets
 from hypertransformer.config import Config
+from hypertransformer.data import augment
 from hypertransformer.data.augment import (
     AugmentationConfig,
     AugmentationState,
@@ -358,6 +359,16 @@ def test_natural_augs_shape_range_determinism_rgb():
     assert a.shape == x.shape and torch.equal(a, b)
     assert a.min() >= -1.0 and a.max() <= 255 / 128 - 1 + 1e-6
     assert not torch.allclose(a, x)
+
+
+@pytest.mark.parametrize("individually", [False, True])
+def test_natural_augs_in_chunks_equal_one_pass(monkeypatch, individually):
+    # 3 x 13 = 39 images: two full chunks of 16 and a partial one
+    x = torch.randint(0, 256, (3, 13, 3, 12, 12)).float() / 128 - 1
+    cfg = AugmentationConfig(image_augmentations=True, augment_images_individually=individually)
+    chunked = augment_natural_images(x, cfg, torch.Generator().manual_seed(2))
+    monkeypatch.setattr(augment, "NATURAL_CHUNK", 1000)
+    assert torch.equal(chunked, augment_natural_images(x, cfg, torch.Generator().manual_seed(2)))
 
 
 def test_natural_augs_flip_and_crop_keep_row_order():

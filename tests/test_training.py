@@ -26,7 +26,8 @@ from hypertransformer.training import (
     train,
 )
 from hypertransformer.training.checkpoint import CheckpointError
-from hypertransformer.training.trainer import build_optimizer, learning_rate
+from hypertransformer.training.distributed import World
+from hypertransformer.training.trainer import _Trainer, build_optimizer, learning_rate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -94,7 +95,7 @@ def test_outputs_of_a_run(reference: Path) -> None:
         "best.pt", "ckpt-00000004.pt", "ckpt-00000005.pt", "ckpt-00000006.pt"]
     last = load_checkpoint(latest_checkpoint(reference))
     assert last["step"] == 6 and last["episodes_seen"] == 12 and last["wall_time"] > 0
-    assert set(last["rng"]) == {"torch", "python", "numpy", "train_sampler", "heldout_sampler"}
+    assert set(last["rng"]) == {"torch", "python", "numpy", "train_sampler"}
     assert last["config"] == config.to_dict()
 
     records = metrics(reference)
@@ -121,6 +122,23 @@ def test_outputs_of_a_run(reference: Path) -> None:
     assert [e.step for e in events.Scalars("heldout/accuracy")] == [2, 4, 6]
     assert [e.value for e in events.Scalars("heldout/accuracy")] == pytest.approx(
         [r["heldout_accuracy"] for r in records])
+
+
+def test_heldout_episodes_are_the_same_at_every_evaluation(tmp_path: Path) -> None:
+    # best.pt compares checkpoints: on one fixed set of held-out episodes, not on fresh draws
+    trainer = _Trainer(tiny_config(), tmp_path, progress=False, max_steps=None, log_every=2,
+                       heldout_episodes=4, world=World())
+    drawn: list = []
+    sample = trainer.heldout_sampler.sample
+    trainer.heldout_sampler.sample = lambda n: drawn.append(sample(n)) or drawn[-1]
+    for _ in range(3):  # with a training step between evaluations
+        trainer.heldout_accuracy()
+        trainer.train_step()
+    assert len(drawn) == 3
+    for batch in drawn[1:]:
+        assert torch.equal(batch.support_x, drawn[0].support_x)
+        assert torch.equal(batch.query_y, drawn[0].query_y)
+    assert not torch.equal(drawn[0].support_x, sample(4).support_x)  # a free draw differs
 
 
 def test_resume_is_exact(reference: Path, tmp_path: Path) -> None:

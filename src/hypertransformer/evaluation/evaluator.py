@@ -218,28 +218,23 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, seed: in
     protocol = dict(num_batches=config.num_eval_batches, batch_size=config.eval_batch_size,
                     seed=seed)
     chance = 1.0 / config.num_labels
-    if config.model_type in CONTINUAL_MODELS:
-        # Evaluated otherwise than trained: a record of its own, e.g. test-00001000-class.json
-        variant = "-".join(
+    continual = config.model_type in CONTINUAL_MODELS
+    if continual and config.sequence_length > 1:  # the continual protocol (SPEC §7)
+        from hypertransformer.evaluation.continual import evaluate_continual
+
+        result = evaluate_continual(model, config, dataset, num_sequences=config.num_task_evals,
+                                    num_tasks=config.sequence_length, **protocol)
+        if config.cht_scenario == "class":  # after the last task: all classes seen
+            chance /= config.sequence_length
+    else:  # an HT, or one-task sequences of a continual model: episodes (SPEC §5)
+        result = evaluate_model(EpisodeClassifier(model) if continual else model, config,
+                                dataset, num_tasks=config.num_task_evals, **protocol).to_dict()
+    if continual:  # evaluated otherwise than trained: a record of its own, e.g. -class
+        result["variant"] = "-".join(
             [config.cht_scenario] * (config.cht_scenario != saved.cht_scenario)
             + [f"{config.sequence_length}tasks"] * (
                 config.sequence_length != saved.sequence_length)
             + ["recompute"] * config.cht_recompute_prototypes)
-        if config.sequence_length > 1:  # the continual protocol (SPEC §7)
-            from hypertransformer.evaluation.continual import evaluate_continual
-
-            result = evaluate_continual(model, config, dataset,
-                                        num_sequences=config.num_task_evals,
-                                        num_tasks=config.sequence_length, **protocol)
-            if config.cht_scenario == "class":  # after the last task: all classes seen
-                chance /= config.sequence_length
-        else:  # one task per sequence is an episode: the HT's protocol (SPEC §5)
-            result = evaluate_model(EpisodeClassifier(model), config, dataset,
-                                    num_tasks=config.num_task_evals, **protocol).to_dict()
-        result["variant"] = variant
-    else:
-        result = evaluate_model(model, config, dataset, num_tasks=config.num_task_evals,
-                                **protocol).to_dict()
     return {
         "split": split, "dataset": dataset.name, "step": int(state["step"]),
         "checkpoint": str(checkpoint), "seed": seed,  # as given: relative stays relative

@@ -12,8 +12,9 @@ tensors only, so it loads with ``torch.load(weights_only=True)``:
   ``config`` (``Config.to_dict()``),
 * ``model``, ``optimizer``, ``scheduler``: the ``state_dict()`` of each,
 * ``rng``: ``torch`` (CPU generator state), ``python`` (``random.getstate()``), ``numpy``
-  (``np.random.get_state()`` as plain lists), ``train_sampler`` and ``heldout_sampler``
-  (:meth:`EpisodeSampler.state_dict`), and on a GPU ``cuda`` (the CUDA generator states),
+  (``np.random.get_state()`` as plain lists), ``train_sampler``
+  (:meth:`EpisodeSampler.state_dict`; the held-out episodes are the same at every step,
+  so their sampler has no state to keep), and on a GPU ``cuda`` (the CUDA generator states),
 * ``rank_rng``: under data-parallel training the same RNG states of ranks 1..P-1 (``rng`` is
   rank 0's); ``[]`` for a single process,
 * ``scaler``: the ``GradScaler`` state when training with fp16 mixed precision,

@@ -29,17 +29,20 @@ keeps its per-step meaning (T = 1 is the original), a step just sees T× the epi
 noisy gradient.  ``train_steps`` and the schedule count steps, not episodes (``episodes`` in the
 metrics counts episodes).
 
-Held-out accuracy.  At each logged step a fresh batch of ``heldout_episodes`` episodes is drawn
-from the held-out split (``val_dataset`` when set, else the val range of the training dataset
-when it has one, else the test split), as evaluation episodes (``test_*`` augmentation,
-``test_task_groups``), and classified with ``model.eval()`` and no gradients; ``best.pt`` is
-the checkpoint with the best held-out accuracy so far.
+Held-out accuracy.  At each logged step ``heldout_episodes`` episodes of the held-out split
+(``val_dataset`` when set, else the val range of the training dataset when it has one, else the
+test split) are drawn as evaluation episodes (``test_*`` augmentation, ``test_task_groups``) and
+classified with ``model.eval()`` and no gradients.  They are the same episodes at every step
+(their generator is reset to ``seed + 1``), so checkpoints are compared on one set, not on
+draws whose noise exceeds their differences; ``best.pt`` is the checkpoint with the best
+held-out accuracy so far.
 
 Resuming.  When ``log_dir`` holds a checkpoint, training continues from the latest one: model,
-optimiser, schedule, step, every RNG (torch, Python, NumPy, both samplers) are restored, so a
-resumed run produces the same parameters as an uninterrupted one (on the same machine and
-torch build).  Fields that change the model or optimiser (:data:`.checkpoint.RESUME_FIELDS`)
-must match the checkpoint; other fields (e.g. ``train_steps``) may change.
+optimiser, schedule, step, every RNG (torch, Python, NumPy, the training sampler) are
+restored, so a resumed run produces the same parameters as an uninterrupted one (on the same
+machine and torch build).  Fields that change the model or optimiser
+(:data:`.checkpoint.RESUME_FIELDS`) must match the checkpoint; other fields (e.g.
+``train_steps``) may change.
 
 Ctrl-C.  The first SIGINT lets the current step finish, saves a checkpoint and returns
 (``TrainResult.interrupted``; the CLIs then exit with 130).  A second SIGINT, or any
@@ -257,9 +260,10 @@ class _Trainer:
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
         self.samplers = {"train_sampler": rank_sampler(train_data, cfg, world.rank)}
-        if world.main:  # rank 0 alone evaluates
-            self.samplers["heldout_sampler"] = make_sampler(
-                _heldout_data(cfg), cfg, train=False, seed=cfg.seed + 1)
+        if world.main:  # rank 0 alone evaluates, on the same episodes each time
+            self.heldout_sampler = make_sampler(_heldout_data(cfg), cfg, train=False,
+                                                seed=cfg.seed + 1)
+            self._heldout_start = self.heldout_sampler.state_dict()
         self.device = resolve_device(cfg, world)
         self.model = build_model(cfg).to(self.device)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
@@ -408,13 +412,14 @@ class _Trainer:
 
     @torch.no_grad()
     def heldout_accuracy(self) -> float:
-        """The mean query accuracy of ``heldout_episodes`` fresh held-out episodes (for the
+        """The mean query accuracy of the ``heldout_episodes`` held-out episodes (for the
         CHT: sequences, every (t, τ ≤ t) pair as in its loss)."""
+        self.heldout_sampler.load_state_dict(self._heldout_start)
         self.model.eval()
         correct, left = 0.0, self.heldout_episodes
         while left > 0:
             n = min(left, _HELDOUT_CHUNK)
-            batch = self.samplers["heldout_sampler"].sample(n).to(self.device)
+            batch = self.heldout_sampler.sample(n).to(self.device)
             with self._autocast():
                 correct += n * self.model.batch_loss(batch, self.step).accuracy.item()
             left -= n
