@@ -1,24 +1,35 @@
-"""Operator profile of one training step (``torch.profiler``), self CPU time per operator.
+"""Operator profile of one training step, or of the evaluation (``torch.profiler``), self CPU
+time per operator.
 
 Usage::
 
     python benchmarks/profile_step.py --preset omniglot_1shot [--episodes-per-step 16]
-        [--threads 1] [--steps 5] [--rows 15]
+        [--threads 1] [--steps 5] [--rows 15] [--data-dir D]
+    python benchmarks/profile_step.py --preset omniglot_1shot --eval-tasks 64 [--threads 2]
 
-Built-in glyphs data; the step is the one ``throughput.py`` times (sampling, forward,
-backward, optimiser step); times are per step, averaged over ``--steps`` after 3 warm-up steps.
+Built-in glyphs data unless ``--data-dir``.  The step is the one ``throughput.py`` times
+(sampling, forward, backward, optimiser step); times are per step, averaged over ``--steps``
+after 3 warm-up steps.  With ``--eval-tasks N``: the evaluation's calls (SPEC §5: sampling,
+``generate`` per 8 tasks, ``classify`` per query batch) of the untrained model on N test tasks,
+serially in this thread (the profiler does not see ``evaluate_model``'s worker threads), after
+one untimed batch of 8 tasks; times are per task.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import torch
 from throughput import build_config, training_step
 from torch.profiler import ProfilerActivity, profile
 
 from hypertransformer import presets
+from hypertransformer.data.registry import load_split
+from hypertransformer.data.sampler import EpisodeSampler
+from hypertransformer.evaluation.evaluator import sample_tasks
+from hypertransformer.model import HyperTransformer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,23 +39,59 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--rows", type=int, default=15)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--eval-tasks", type=int, default=0,
+                   help="profile the evaluation of this many tasks instead of training steps")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    args.data_dir, args.seed = None, 0
-    step, *_ = training_step(build_config(args), seed=0)
-    for _ in range(3):
-        step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(args.steps):
+    args.seed = 0
+    cfg = build_config(args)
+    if args.eval_tasks:
+        # The evaluator's work (SPEC §5) done serially in this thread, which the profiler sees
+        # (it does not record the evaluator's worker threads): tasks drawn 8 at a time, one
+        # generate call per 8 tasks, one classify call per query batch of 100 images.
+        torch.manual_seed(0)
+        model = HyperTransformer(cfg).eval()
+        sampler = EpisodeSampler.from_config(
+            load_split(cfg, "test"), cfg.replace(samples_cnn=cfg.eval_batch_size), train=False,
+            seed=0)
+        size = cfg.eval_batch_size
+
+        def run(tasks: int) -> None:
+            for first in range(0, tasks, 8):
+                batch = sample_tasks(sampler, first, min(8, tasks - first),
+                                     cfg.num_eval_batches, seed=0)
+                with torch.no_grad():
+                    weights = model.generate(batch.support_x, batch.support_y,
+                                             batch.support_mask)
+                    for b in range(cfg.num_eval_batches):
+                        model.classify(batch.query_x[:, b * size:(b + 1) * size], weights)
+
+        run(8)
+        start = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run(args.eval_tasks)
+        seconds = time.perf_counter() - start
+        per, unit = args.eval_tasks, "task"
+        what = (f"evaluation of {args.eval_tasks} tasks × {cfg.num_eval_batches} × {size} "
+                f"in one thread of calls, {seconds:.1f} s")
+    else:
+        step, *_ = training_step(cfg, seed=0)
+        for _ in range(3):
             step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(args.steps):
+                step()
+        per, unit = args.steps, "step"
+        what = f"{args.episodes_per_step} episodes/step"
     averages = prof.key_averages()
-    total_ms = sum(e.self_cpu_time_total for e in averages) / 1000 / args.steps
-    print(f"{args.preset}, {args.episodes_per_step} episodes/step, {args.threads} thread(s): "
-          f"self CPU time {total_ms:.1f} ms per step")
-    print(f"{'operator':<48}{'ms/step':>10}{'calls/step':>12}")
+    total_ms = sum(e.self_cpu_time_total for e in averages) / 1000 / per
+    print(f"{args.preset} on {args.data_dir or 'glyphs'}, {what}, {args.threads} thread(s): "
+          f"self CPU time {total_ms:.1f} ms per {unit}")
+    print(f"{'operator':<48}{f'ms/{unit}':>10}{f'calls/{unit}':>12}")
     for e in sorted(averages, key=lambda e: -e.self_cpu_time_total)[:args.rows]:
-        print(f"{e.key[:47]:<48}{e.self_cpu_time_total / 1000 / args.steps:>10.1f}"
-              f"{e.count / args.steps:>12.0f}")
+        print(f"{e.key[:47]:<48}{e.self_cpu_time_total / 1000 / per:>10.1f}"
+              f"{e.count / per:>12.0f}")
     return 0
 
 

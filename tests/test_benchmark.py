@@ -102,15 +102,20 @@ def test_defaults_are_trains(throughput, monkeypatch):
     assert result["speedup"] == pytest.approx(4.0)
 
 
-def test_profile_step_prints_per_operator_times():
+@pytest.mark.parametrize(("extra", "unit", "what"), [
+    (["--episodes-per-step", "2", "--steps", "1"], "step", "2 episodes/step"),
+    (["--eval-tasks", "2"], "task", "evaluation of 2 tasks × 16 × 100"),
+])
+def test_profile_step_prints_per_operator_times(extra, unit, what):
     script = SCRIPT.with_name("profile_step.py")
     out = subprocess.run(
-        [sys.executable, str(script), "--preset", "glyphs_demo", "--episodes-per-step", "2",
-         "--steps", "1", "--rows", "4"], capture_output=True, text=True, timeout=300)
+        [sys.executable, str(script), "--preset", "glyphs_demo", "--rows", "4", *extra],
+        capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert lines[0].startswith("glyphs_demo, 2 episodes/step, 1 thread(s): self CPU time")
-    assert lines[1].split() == ["operator", "ms/step", "calls/step"]
+    assert lines[0].startswith(f"glyphs_demo on glyphs, {what}")
+    assert lines[0].endswith(f"ms per {unit}") and "1 thread(s): self CPU time" in lines[0]
+    assert lines[1].split() == ["operator", f"ms/{unit}", f"calls/{unit}"]
     assert len(lines) == 2 + 4
     assert all(float(line.split()[-2]) >= 0 for line in lines[2:])
 
