@@ -137,8 +137,11 @@ PRESETS["omniglot_1shot_cpu"] = dict(PRESETS["omniglot_1shot"], **_CPU_RECIPE)
 # 281 ms, benchmarks/round2/idle_omniglot_5shot_cpu.txt): the same budget holds 6000 steps.
 PRESETS["omniglot_5shot_cpu"] = dict(PRESETS["omniglot_5shot"], **{
     **_CPU_RECIPE, "train_steps": 6000, "learning_rate_decay_steps": 6000.0})
-PRESETS["omniglot_1shot_16ch_cpu"] = dict(PRESETS["omniglot_1shot"], **_CPU_RECIPE,
-                                          default_num_channels=16, num_layerwise_features=16)
+# 16 channels: a step takes ~1.95x the 8-channel one here (~550 ms, 29 episodes/s:
+# benchmarks/round2/idle_omniglot_1shot_16ch_cpu.txt), so ~100 minutes hold 11000 steps.
+PRESETS["omniglot_1shot_16ch_cpu"] = dict(PRESETS["omniglot_1shot"], **{
+    **_CPU_RECIPE, "train_steps": 11000, "learning_rate_decay_steps": 11000.0},
+    default_num_channels=16, num_layerwise_features=16)
 # The paper's "logits layer only" variant: the four conv layers are ordinary trained layers,
 # the HT generates only the logits layer.
 PRESETS["omniglot_1shot_logits_cpu"] = dict(PRESETS["omniglot_1shot_cpu"],
