@@ -10,9 +10,9 @@ Usage::
 Built-in glyphs data unless ``--data-dir``.  The step is the one ``throughput.py`` times
 (sampling, forward, backward, optimiser step); times are per step, averaged over ``--steps``
 after 3 warm-up steps.  With ``--eval-tasks N``: the evaluation's calls (SPEC §5: sampling,
-``generate`` per 8 tasks, ``classify`` per query batch) of the untrained model on N test tasks,
+``generate`` per task batch, ``classify`` per query batch) of the untrained model on N test tasks,
 serially in this thread (the profiler does not see ``evaluate_model``'s worker threads), after
-one untimed batch of 8 tasks; times are per task.
+one untimed task batch; times are per task.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 from hypertransformer import presets
 from hypertransformer.data.registry import load_split
 from hypertransformer.data.sampler import EpisodeSampler
-from hypertransformer.evaluation.evaluator import sample_tasks
+from hypertransformer.evaluation.evaluator import CLASSIFY_IMAGES, sample_tasks
 from hypertransformer.model import HyperTransformer
 
 
@@ -48,18 +48,19 @@ def main(argv: list[str] | None = None) -> int:
     cfg = build_config(args)
     if args.eval_tasks:
         # The evaluator's work (SPEC §5) done serially in this thread, which the profiler sees
-        # (it does not record the evaluator's worker threads): tasks drawn 8 at a time, one
-        # generate call per 8 tasks, one classify call per query batch of 100 images.
+        # (it does not record the evaluator's worker threads): tasks drawn as many at a time
+        # as the evaluator's generate calls take, one classify call per query batch.
         torch.manual_seed(0)
         model = HyperTransformer(cfg).eval()
         sampler = EpisodeSampler.from_config(
             load_split(cfg, "test"), cfg.replace(samples_cnn=cfg.eval_batch_size), train=False,
             seed=0)
         size = cfg.eval_batch_size
+        per_call = max(1, CLASSIFY_IMAGES // size)
 
         def run(tasks: int) -> None:
-            for first in range(0, tasks, 8):
-                batch = sample_tasks(sampler, first, min(8, tasks - first),
+            for first in range(0, tasks, per_call):
+                batch = sample_tasks(sampler, first, min(per_call, tasks - first),
                                      cfg.num_eval_batches, seed=0)
                 with torch.no_grad():
                     weights = model.generate(batch.support_x, batch.support_y,
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                     for b in range(cfg.num_eval_batches):
                         model.classify(batch.query_x[:, b * size:(b + 1) * size], weights)
 
-        run(8)
+        run(per_call)
         start = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             run(args.eval_tasks)
