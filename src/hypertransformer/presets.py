@@ -133,30 +133,45 @@ _CPU_RECIPE: dict[str, Any] = dict(
     train_steps=24000, steps_between_saves=1000,
 )
 PRESETS["omniglot_1shot_cpu"] = dict(PRESETS["omniglot_1shot"], **_CPU_RECIPE)
+
+
+def _decay_over(steps: int) -> dict[str, Any]:
+    """The CPU recipe's schedule fitted to a faster or slower step: ``steps`` steps in the same
+    wall-clock budget, the learning rate decaying tenfold over them."""
+    return {"train_steps": steps, "learning_rate_decay_steps": float(steps)}
+
+
 # 5-shot episodes (100 support and 100 query images) take 3.4x the 1-shot step here (947 vs
 # 281 ms, benchmarks/round2/idle_omniglot_5shot_cpu.txt): the same budget holds 6000 steps.
-PRESETS["omniglot_5shot_cpu"] = dict(PRESETS["omniglot_5shot"], **{
-    **_CPU_RECIPE, "train_steps": 6000, "learning_rate_decay_steps": 6000.0})
+PRESETS["omniglot_5shot_cpu"] = dict(PRESETS["omniglot_5shot"],
+                                     **_CPU_RECIPE | _decay_over(6000))
 # 16 channels: a step takes ~1.95x the 8-channel one here (~550 ms, 29 episodes/s:
 # benchmarks/round2/idle_omniglot_1shot_16ch_cpu.txt), so ~100 minutes hold 11000 steps.
-PRESETS["omniglot_1shot_16ch_cpu"] = dict(PRESETS["omniglot_1shot"], **{
-    **_CPU_RECIPE, "train_steps": 11000, "learning_rate_decay_steps": 11000.0},
-    default_num_channels=16, num_layerwise_features=16)
+PRESETS["omniglot_1shot_16ch_cpu"] = dict(
+    PRESETS["omniglot_1shot"], **_CPU_RECIPE | _decay_over(11000), default_num_channels=16,
+    num_layerwise_features=16)
 # The paper's "logits layer only" variant: the four conv layers are ordinary trained layers,
-# the HT generates only the logits layer.
-PRESETS["omniglot_1shot_logits_cpu"] = dict(PRESETS["omniglot_1shot_cpu"],
+# the HT generates only the logits layer.  Its step is faster (75-81 episodes/s on 2 cores in
+# 600-step runs, docs/results/chance_plateau), so the full HT's 105 minutes hold 30000 steps.
+PRESETS["omniglot_1shot_logits_cpu"] = dict(PRESETS["omniglot_1shot_cpu"], **_decay_over(30000),
                                             number_of_trained_cnn_layers=4)
 # Semi-supervised (SPEC §2.3): 2 unlabelled support samples per class beside the one labelled
 # (20 + 40 support images); in training each unlabelled token is dropped with a probability
 # p ~ U(0, 1) drawn per episode, so the model meets every count from all of them to none.
-PRESETS["omniglot_1shot_semi_cpu"] = dict(PRESETS["omniglot_1shot_cpu"],
-                                          unlabeled_samples_per_class=2, samples_transformer=60,
-                                          max_prob_remove_unlabeled=1.0)
+# Three times the support images halve the speed (25.5-26.9 episodes/s on 2 cores in its first
+# 600 steps, docs/results/chance_plateau): the full HT's 105 minutes hold 10000 steps.
+PRESETS["omniglot_1shot_semi_cpu"] = dict(
+    PRESETS["omniglot_1shot_cpu"], **_decay_over(10000),
+    unlabeled_samples_per_class=2, samples_transformer=60, max_prob_remove_unlabeled=1.0)
 # ProtoNet with the same 8-channel CNN as a trained embedding (a linear map to 32 dimensions
 # after it), prototypes from the support set, trained episodically on the same 20-way 1-shot
-# episodes; one-task sequences, so `evaluate` runs the HT's protocol on it (SPEC §5).
-PRESETS["protonet_omniglot_1shot"] = dict(PRESETS["omniglot_1shot_cpu"], model_type="protonet",
-                                          prototype_dim=32, cht_eval_tasks=1)
+# episodes; one-task sequences, so `evaluate` runs the HT's protocol on it (SPEC §5).  lr 4e-3:
+# the best of 5e-4..8e-3 after four minutes on the validation classes (docs/results/
+# protonet_lr); its step is cheap (142-237 episodes/s there), so the full HT's 105 minutes hold
+# about 70000 steps.
+PRESETS["protonet_omniglot_1shot"] = dict(
+    PRESETS["omniglot_1shot_cpu"], **_decay_over(70000), learning_rate=4e-3,
+    model_type="protonet", prototype_dim=32, cht_eval_tasks=1)
 
 # The README's offline demo: a small 5-way 1-shot HT on the built-in glyphs data, trained for
 # minutes rather than days: AdamW and 8 episodes per step instead of the original's SGD, and
