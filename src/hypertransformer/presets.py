@@ -121,6 +121,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
+
+def _decay_over(steps: int) -> dict[str, Any]:
+    """The CPU recipe's schedule: ``steps`` steps in the wall-clock budget, the learning rate
+    decaying tenfold over them."""
+    return {"train_steps": steps, "learning_rate_decay_steps": float(steps)}
+
+
 # CPU recipes of the Omniglot settings (docs/results.md): the paper's model and data, trained
 # for at most two hours on a 2-core CPU instead of 4M one-episode SGD steps.  AdamW at 5e-4
 # with 16 episodes per step was the better of the two one-hour recipes compared on the
@@ -128,17 +135,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 # (about what two hours allow on 2 cores), so the end of the budget is spent at a small step
 # (a choice, not tuned).
 _CPU_RECIPE: dict[str, Any] = dict(
-    optimizer="adamw", learning_rate=5e-4, episodes_per_step=16,
-    learning_rate_decay_rate=0.1, learning_rate_decay_steps=24000.0,
-    train_steps=24000, steps_between_saves=1000,
+    optimizer="adamw", learning_rate=5e-4, episodes_per_step=16, learning_rate_decay_rate=0.1,
+    steps_between_saves=1000, **_decay_over(24000),
 )
 PRESETS["omniglot_1shot_cpu"] = dict(PRESETS["omniglot_1shot"], **_CPU_RECIPE)
-
-
-def _decay_over(steps: int) -> dict[str, Any]:
-    """The CPU recipe's schedule fitted to a faster or slower step: ``steps`` steps in the same
-    wall-clock budget, the learning rate decaying tenfold over them."""
-    return {"train_steps": steps, "learning_rate_decay_steps": float(steps)}
 
 
 # 5-shot episodes (100 support and 100 query images) take 3.4x the 1-shot step here (947 vs
@@ -151,14 +151,14 @@ PRESETS["omniglot_1shot_16ch_cpu"] = dict(
     PRESETS["omniglot_1shot"], **_CPU_RECIPE | _decay_over(11000), default_num_channels=16,
     num_layerwise_features=16)
 # The paper's "logits layer only" variant: the four conv layers are ordinary trained layers,
-# the HT generates only the logits layer.  Its step is faster (75-81 episodes/s on 2 cores in
+# the HT generates only the logits layer.  Its step is faster (72-82 episodes/s on 2 cores in
 # 600-step runs, docs/results/chance_plateau), so the full HT's 105 minutes hold 30000 steps.
 PRESETS["omniglot_1shot_logits_cpu"] = dict(PRESETS["omniglot_1shot_cpu"], **_decay_over(30000),
                                             number_of_trained_cnn_layers=4)
 # Semi-supervised (SPEC §2.3): 2 unlabelled support samples per class beside the one labelled
 # (20 + 40 support images); in training each unlabelled token is dropped with a probability
 # p ~ U(0, 1) drawn per episode, so the model meets every count from all of them to none.
-# Three times the support images halve the speed (25.5-26.9 episodes/s on 2 cores in its first
+# Three times the support images halve the speed (24.3-26.9 episodes/s on 2 cores in its first
 # 600 steps, docs/results/chance_plateau): the full HT's 105 minutes hold 10000 steps.
 PRESETS["omniglot_1shot_semi_cpu"] = dict(
     PRESETS["omniglot_1shot_cpu"], **_decay_over(10000),
@@ -167,7 +167,7 @@ PRESETS["omniglot_1shot_semi_cpu"] = dict(
 # after it), prototypes from the support set, trained episodically on the same 20-way 1-shot
 # episodes; one-task sequences, so `evaluate` runs the HT's protocol on it (SPEC §5).  lr 4e-3:
 # the best of 5e-4..8e-3 after four minutes on the validation classes (docs/results/
-# protonet_lr); its step is cheap (194 episodes/s over 600 steps on the idle machine, 142-249
+# protonet_lr); its step is cheap (194 episodes/s over 600 steps on the idle machine, 129-253
 # in 100-step windows), so the full HT's 105 minutes hold about 75000 steps.
 PRESETS["protonet_omniglot_1shot"] = dict(
     PRESETS["omniglot_1shot_cpu"], **_decay_over(75000), learning_rate=4e-3,
