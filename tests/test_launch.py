@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -224,6 +225,19 @@ def test_an_error_on_the_ranks_is_one_line(tmp_path: Path,
     lines = err.splitlines()
     assert [line for line in lines if ": error: " in line] == lines[-1:], err
     assert lines[-1].startswith("hypertransformer.train: error: the loss is nan at step ")
+
+
+def test_a_rank_that_aborts_after_its_message_reports_the_message(tmp_path: Path) -> None:
+    """A rank may write its error message and then abort while its process exits (once in CI:
+    gloo's ``terminate called without an active exception``, SIGABRT): the command's error is
+    still the message, not the abort."""
+    ranks = launch._Ranks(launch.Job(Config(train_log_dir=str(tmp_path / "run"))), 2, tmp_path)
+    ranks.procs = [SimpleNamespace(poll=lambda c=c: c, returncode=c, pid=100 + r)
+                   for r, c in enumerate([None, -signal.SIGABRT])]
+    assert ranks._watch() == (1, None)
+    assert ranks._describe(1, None).startswith("rank 1 of 2 (pid 101) was killed by SIGABRT;")
+    (tmp_path / "rank1.error").write_text("the loss is nan at step 1; lower learning_rate")
+    assert ranks._describe(1, None) == "the loss is nan at step 1; lower learning_rate"
 
 
 def test_shard_sizes() -> None:

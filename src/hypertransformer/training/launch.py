@@ -55,6 +55,7 @@ from hypertransformer.training.trainer import LOG_EVERY, TrainResult, check_conf
 GRACE = 10.0  # seconds the other ranks have to exit after one has
 _POLL = 0.05  # seconds between looks at the ranks
 _JOB = "job.pkl"  # in the run's temporary directory, next to each failed rank's message
+_ERROR, _TRACEBACK = "rank{}.error", "rank{}.traceback"  # a failed rank's message, or traceback
 
 
 class RankError(ValueError):
@@ -140,8 +141,11 @@ def _free_port() -> int:
 
 class _Ranks:
     """The ``n`` rank processes of one run, started and watched from here (module
-    docstring).  ``run_dir`` holds the pickled :class:`Job` and, per failed rank ``r``, the
-    file ``rank<r>``: its error message (exit code 2) or traceback (exit code 1)."""
+    docstring).  ``run_dir`` holds the pickled :class:`Job` and, per failed rank ``r``, its
+    error message (``rank<r>.error``, exit code 2) or traceback (``rank<r>.traceback``, exit
+    code 1).  The file, not the exit code, tells which: a rank that has written its message
+    may still abort while its process exits (seen once in CI: gloo's ``terminate called
+    without an active exception``, SIGABRT), and the message is the cause."""
 
     def __init__(self, job: Job, n: int, run_dir: Path) -> None:
         self.job, self.n, self.run_dir = job, n, run_dir
@@ -211,17 +215,20 @@ class _Ranks:
         """Of ranks found failed at the same look, the cause first: a rank that left no
         message (killed) before ranks whose error may be the loss of a peer, then the earliest
         message."""
-        path = self.run_dir / f"rank{rank}"
-        return (1, path.stat().st_mtime_ns) if path.exists() else (0, rank)
+        paths = [p for p in self._failure_files(rank) if p.exists()]
+        return (1, paths[0].stat().st_mtime_ns) if paths else (0, rank)
+
+    def _failure_files(self, rank: int) -> tuple[Path, Path]:
+        return self.run_dir / _ERROR.format(rank), self.run_dir / _TRACEBACK.format(rank)
 
     def _describe(self, rank: int, late: int | None) -> str:
-        p, path = self.procs[rank], self.run_dir / f"rank{rank}"
+        p, (message_file, traceback_file) = self.procs[rank], self._failure_files(rank)
         if late is not None:
             how = f"did not exit within {GRACE:g} s after rank {late} had"
-        elif p.returncode == ERROR_EXIT_CODE and path.exists():
-            return path.read_text()  # the rank's own one-line message
-        elif path.exists():
-            print(path.read_text(), file=sys.stderr, end="")
+        elif message_file.exists():
+            return message_file.read_text()  # the rank's own one-line message
+        elif traceback_file.exists():
+            print(traceback_file.read_text(), file=sys.stderr, end="")
             how = "failed with the traceback above"
         elif p.returncode < 0:
             how = f"was killed by {signal.Signals(-p.returncode).name}"
@@ -247,16 +254,16 @@ def _rank_main(run_dir: Path) -> int:
     """One rank (``RANK`` and the rest in the environment); failures go to ``run_dir``."""
     threading.Thread(target=_exit_with_launcher, daemon=True).start()
     job: Job = pickle.loads((run_dir / _JOB).read_bytes())
-    failure = run_dir / f"rank{os.environ['RANK']}"
+    rank = os.environ["RANK"]
     try:
         return job.run()
     except KeyboardInterrupt:  # a SIGINT before the trainer's handler was installed
         return INTERRUPTED_EXIT_CODE
     except EXPECTED as e:
-        failure.write_text(message(e))
+        (run_dir / _ERROR.format(rank)).write_text(message(e))
         return ERROR_EXIT_CODE
     except Exception:
-        failure.write_text(traceback.format_exc())
+        (run_dir / _TRACEBACK.format(rank)).write_text(traceback.format_exc())
         return 1
 
 
