@@ -55,7 +55,6 @@ from hypertransformer.training.trainer import LOG_EVERY, TrainResult, check_conf
 GRACE = 10.0  # seconds the other ranks have to exit after one has
 _POLL = 0.05  # seconds between looks at the ranks
 _JOB = "job.pkl"  # in the run's temporary directory, next to each failed rank's message
-_ERROR, _TRACEBACK = "rank{}.error", "rank{}.traceback"  # a failed rank's message, or traceback
 
 
 class RankError(ValueError):
@@ -215,14 +214,11 @@ class _Ranks:
         """Of ranks found failed at the same look, the cause first: a rank that left no
         message (killed) before ranks whose error may be the loss of a peer, then the earliest
         message."""
-        paths = [p for p in self._failure_files(rank) if p.exists()]
+        paths = [p for p in _failure_files(self.run_dir, rank) if p.exists()]
         return (1, paths[0].stat().st_mtime_ns) if paths else (0, rank)
 
-    def _failure_files(self, rank: int) -> tuple[Path, Path]:
-        return self.run_dir / _ERROR.format(rank), self.run_dir / _TRACEBACK.format(rank)
-
     def _describe(self, rank: int, late: int | None) -> str:
-        p, (message_file, traceback_file) = self.procs[rank], self._failure_files(rank)
+        p, (message_file, traceback_file) = self.procs[rank], _failure_files(self.run_dir, rank)
         if late is not None:
             how = f"did not exit within {GRACE:g} s after rank {late} had"
         elif message_file.exists():
@@ -237,6 +233,11 @@ class _Ranks:
         return (f"rank {rank} of {self.n} (pid {p.pid}) {how}; the other ranks were stopped. "
                 f"The last checkpoint in {self.job.config.train_log_dir} is kept: run the same "
                 f"command to resume")
+
+
+def _failure_files(run_dir: Path, rank: int) -> tuple[Path, Path]:
+    """Where a failed rank leaves its one-line error message, or its traceback."""
+    return run_dir / f"rank{rank}.error", run_dir / f"rank{rank}.traceback"
 
 
 def _exit_with_launcher() -> None:
@@ -254,16 +255,16 @@ def _rank_main(run_dir: Path) -> int:
     """One rank (``RANK`` and the rest in the environment); failures go to ``run_dir``."""
     threading.Thread(target=_exit_with_launcher, daemon=True).start()
     job: Job = pickle.loads((run_dir / _JOB).read_bytes())
-    rank = os.environ["RANK"]
+    message_file, traceback_file = _failure_files(run_dir, int(os.environ["RANK"]))
     try:
         return job.run()
     except KeyboardInterrupt:  # a SIGINT before the trainer's handler was installed
         return INTERRUPTED_EXIT_CODE
     except EXPECTED as e:
-        (run_dir / _ERROR.format(rank)).write_text(message(e))
+        message_file.write_text(message(e))
         return ERROR_EXIT_CODE
     except Exception:
-        (run_dir / _TRACEBACK.format(rank)).write_text(traceback.format_exc())
+        traceback_file.write_text(traceback.format_exc())
         return 1
 
 
