@@ -309,6 +309,38 @@ def test_a_relative_checkpoint_path_is_recorded_relative(trained, tmp_path, monk
     assert json.loads(record_path("log", "test", 2).read_text()) == record
 
 
+def test_evaluate_with_another_number_of_unlabelled_samples(trained, tmp_path, monkeypatch,
+                                                            capsys):
+    """--unlabeled u: every support set holds the checkpoint's labelled shots (here 1 per
+    class) and u unlabelled samples per class (label N); the record is a variant of its own,
+    beside the plain one."""
+    log_dir = tmp_path / "log"
+    shutil.copytree(trained, log_dir)
+    labels = []
+    generate = HyperTransformer.generate
+
+    def recording(self, support_x, support_y, *args, **kwargs):
+        labels.append(support_y.clone())
+        return generate(self, support_x, support_y, *args, **kwargs)
+
+    monkeypatch.setattr(HyperTransformer, "generate", recording)
+    assert cli_main(["evaluate", "--log-dir", str(log_dir), "--tasks", "3", "--batches", "1",
+                     "--batch-size", "10", "--unlabeled", "2", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["variant"] == "2unlabeled"
+    assert json.loads(record_path(log_dir, "test", 2, "2unlabeled").read_text()) == record
+    assert labels and all(y.shape[-1] == 15 for y in labels)  # 5 x (1 + 2)
+    for y in torch.cat([y.flatten(0, -2) for y in labels]):
+        assert sorted(y.tolist()) == [0, 1, 2, 3, 4] + [5] * 10
+    # the checkpoint's own number (0) is the plain record
+    labels.clear()
+    assert cli_main(["evaluate", "--log-dir", str(log_dir), "--tasks", "3", "--batches", "1",
+                     "--batch-size", "10", "--unlabeled", "0"]) == 0
+    assert all(y.shape[-1] == 5 for y in labels) and record_path(log_dir, "test", 2).exists()
+    assert cli_main(["evaluate", "--log-dir", str(log_dir), "--unlabeled", "-1"]) == 2
+    assert "unlabeled" in capsys.readouterr().err
+
+
 def test_evaluate_command_errors(trained, tmp_path, capsys):
     assert cli_main(["evaluate", "--log-dir", str(tmp_path)]) == 2
     assert "no checkpoint" in capsys.readouterr().err

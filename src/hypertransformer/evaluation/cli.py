@@ -63,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--recompute-prototypes", action="store_true",
                    help="Continual HT: the upper bound that keeps every support set and "
                         "recomputes all prototypes with the current weights")
+    p.add_argument("--unlabeled", type=int, default=None,
+                   help="unlabelled support samples per class beside the same labelled shots "
+                        "(default: the checkpoint's unlabeled_samples_per_class)")
     p.add_argument("--json", action="store_true",
                    help="print the result record as JSON on the last line")
     p.add_argument("--watch", action="store_true",
@@ -161,6 +164,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                                    ("data_dir", args.data_dir),
                                    ("cht_scenario", args.scenario),
                                    ("cht_eval_tasks", args.sequence_length),
+                                   ("unlabeled_samples_per_class", args.unlabeled),
                                    ("cht_recompute_prototypes",
                                     args.recompute_prototypes or None)] if v is not None}
     if args.watch:

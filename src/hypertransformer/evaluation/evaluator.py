@@ -190,8 +190,9 @@ def log_dir_of(checkpoint: str | Path) -> Path:
 
 
 def record_path(log_dir: str | Path, split: str, step: int, variant: str = "") -> Path:
-    """``eval/<split>-<step>.json``; a continual evaluation in another scenario, sequence
-    length or with recomputed prototypes adds its ``variant`` (``-class``, ``-recompute``)."""
+    """``eval/<split>-<step>.json``; an evaluation with another number of unlabelled samples,
+    or a continual one in another scenario, sequence length or with recomputed prototypes,
+    adds its ``variant`` (``-0unlabeled``, ``-class``, ``-recompute``)."""
     return Path(log_dir) / EVAL_DIR / f"{split}-{step:08d}{'-' * bool(variant)}{variant}.json"
 
 
@@ -210,6 +211,12 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, seed: in
     checkpoint = resolve_checkpoint(checkpoint)
     model, saved, state = model_from_checkpoint(checkpoint)
     config = saved.replace(**(overrides or {}))
+    unlabeled = config.unlabeled_samples_per_class
+    if unlabeled < 0:
+        raise ValueError(f"unlabeled_samples_per_class (--unlabeled) must be at least 0; got "
+                         f"{unlabeled}")
+    if unlabeled != saved.unlabeled_samples_per_class:  # the same shots, other unlabelled
+        config = config.replace(samples_transformer=config.num_labels * (saved.shots + unlabeled))
     clash = config_differences(saved.to_dict(), config, MODEL_FIELDS)
     if clash:
         raise ValueError(f"these fields define the model and must match the checkpoint "
@@ -229,12 +236,15 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, seed: in
     else:  # an HT, or one-task sequences of a continual model: episodes (SPEC §5)
         result = evaluate_model(EpisodeClassifier(model) if continual else model, config,
                                 dataset, num_tasks=config.num_task_evals, **protocol).to_dict()
-    if continual:  # evaluated otherwise than trained: a record of its own, e.g. -class
-        result["variant"] = "-".join(
-            [config.cht_scenario] * (config.cht_scenario != saved.cht_scenario)
-            + [f"{config.sequence_length}tasks"] * (
-                config.sequence_length != saved.sequence_length)
-            + ["recompute"] * config.cht_recompute_prototypes)
+    # evaluated otherwise than trained: a record of its own, e.g. -class or -0unlabeled
+    variant = [f"{unlabeled}unlabeled"] * (unlabeled != saved.unlabeled_samples_per_class)
+    if continual:
+        variant += ([config.cht_scenario] * (config.cht_scenario != saved.cht_scenario)
+                    + [f"{config.sequence_length}tasks"] * (
+                        config.sequence_length != saved.sequence_length)
+                    + ["recompute"] * config.cht_recompute_prototypes)
+    if variant:
+        result["variant"] = "-".join(variant)
     return {
         "split": split, "dataset": dataset.name, "step": int(state["step"]),
         "checkpoint": str(checkpoint), "seed": seed,  # as given: relative stays relative
