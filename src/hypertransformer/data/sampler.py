@@ -144,10 +144,11 @@ class EpisodeSampler:
                  augmentation: AugmentationConfig | None = None, image_size: int | None = None,
                  task_groups: str = "", seed: int = 0) -> None:
         n, s, q, u = num_labels, support_size, query_size, unlabeled_per_class
+        # u before s: a support size derived from u (evaluate --unlabeled) is wrong because u is
         for name, value, least in [("num_labels", n, 1),
+                                   ("unlabeled_per_class (unlabeled_samples_per_class)", u, 0),
                                    ("support_size (samples_transformer)", s, 1),
-                                   ("query_size (samples_cnn)", q, 1),
-                                   ("unlabeled_per_class (unlabeled_samples_per_class)", u, 0)]:
+                                   ("query_size (samples_cnn)", q, 1)]:
             if value < least:
                 raise DatasetError(f"{name} must be at least {least}; got {value}")
         for name, p in [("max_prob_remove_labeled", max_prob_remove_labeled),

@@ -212,10 +212,8 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, seed: in
     model, saved, state = model_from_checkpoint(checkpoint)
     config = saved.replace(**(overrides or {}))
     unlabeled = config.unlabeled_samples_per_class
-    if unlabeled < 0:
-        raise ValueError(f"unlabeled_samples_per_class (--unlabeled) must be at least 0; got "
-                         f"{unlabeled}")
-    if unlabeled != saved.unlabeled_samples_per_class:  # the same shots, other unlabelled
+    other_unlabeled = unlabeled != saved.unlabeled_samples_per_class
+    if other_unlabeled:  # the same labelled shots beside another number of unlabelled samples
         config = config.replace(samples_transformer=config.num_labels * (saved.shots + unlabeled))
     clash = config_differences(saved.to_dict(), config, MODEL_FIELDS)
     if clash:
@@ -237,7 +235,7 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, seed: in
         result = evaluate_model(EpisodeClassifier(model) if continual else model, config,
                                 dataset, num_tasks=config.num_task_evals, **protocol).to_dict()
     # evaluated otherwise than trained: a record of its own, e.g. -class or -0unlabeled
-    variant = [f"{unlabeled}unlabeled"] * (unlabeled != saved.unlabeled_samples_per_class)
+    variant = [f"{unlabeled}unlabeled"] * other_unlabeled
     if continual:
         variant += ([config.cht_scenario] * (config.cht_scenario != saved.cht_scenario)
                     + [f"{config.sequence_length}tasks"] * (
