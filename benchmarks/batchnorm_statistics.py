@@ -29,7 +29,7 @@ from torch import Tensor
 
 from hypertransformer.data.registry import load_split
 from hypertransformer.data.sampler import EpisodeSampler
-from hypertransformer.inference import GeneratedCNN, load
+from hypertransformer.inference import GeneratedCNN, load_few_shot
 from hypertransformer.model import HyperTransformer
 
 
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    ht = load(args.checkpoint)
+    ht = load_few_shot(args.checkpoint)
     model, cfg = ht.model, ht.config.replace(data_dir=args.data_dir)
     split = load_split(cfg, "test")
     n, q = cfg.num_labels, cfg.samples_cnn

@@ -28,7 +28,8 @@ from torch.profiler import ProfilerActivity, profile
 from hypertransformer import presets
 from hypertransformer.data.registry import load_split
 from hypertransformer.data.sampler import EpisodeSampler
-from hypertransformer.evaluation.evaluator import CLASSIFY_IMAGES, sample_tasks
+from hypertransformer.evaluation.evaluator import CLASSIFY_IMAGES
+from hypertransformer.evaluation.protocol import sample_tasks
 from hypertransformer.model import HyperTransformer
 
 

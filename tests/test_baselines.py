@@ -14,7 +14,8 @@ from test_continual import toy_dataset
 
 from hypertransformer import presets
 from hypertransformer.data.sampler import EpisodeSampler
-from hypertransformer.evaluation.evaluator import evaluate_model, sample_tasks
+from hypertransformer.evaluation.evaluator import evaluate_model
+from hypertransformer.evaluation.protocol import sample_tasks
 from hypertransformer.model import HyperTransformer, ProtoNet
 from hypertransformer.model.continual import EpisodeClassifier, TaskStream
 

@@ -32,11 +32,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def small(scenario: str = "task", **overrides: object):
-    """A small 4-way 1-shot CHT on 28-px images."""
+    """A small 4-way 1-shot CHT on 28-px images: the SPEC §7 model (raw blocks fed back,
+    zeros at t = 0; the presets' residual, warm-started CHT is ``cht_residual=True``)."""
     base = dict(num_labels=4, samples_transformer=4, samples_cnn=8, embedding_dim=16,
                 num_layers=1, heads=1, default_num_channels=4, num_layerwise_features=4,
                 shared_features_dim=8, prototype_dim=6, cht_tasks=3, cht_scenario=scenario,
-                data_dir=None)
+                data_dir=None, cht_residual=False, init_checkpoint="")
     base.update(overrides)
     return presets.load("cht_omniglot_task", **base)
 
@@ -103,6 +104,59 @@ def test_previous_weights_change_the_next_weights():
         assert not torch.allclose(fed.blocks[name], fresh.blocks[name])
         assert not torch.allclose(fed.blocks[name], other.blocks[name])
     assert set(fed.blocks) == {"conv1", "conv2", "conv3", "conv4", "logits"}
+
+
+def test_residual_weights_start_as_the_learned_initial_weights_for_every_task():
+    # cht_residual: θ_t = θ_{t−1} + α·G; with α = 0 every task's weights are θ_{−1} (a
+    # trained CNN, the same for every support set) until α moves
+    cfg = small(cht_residual=True, cht_residual_scale=0.0)
+    model = ContinualHyperTransformer(cfg).eval()
+    batch = sequences(cfg, tasks=2)
+    with torch.no_grad():
+        w0 = model.generate(batch.support_x[:, 0], batch.support_y[:, 0])
+        w1 = model.generate(batch.support_x[:, 1], batch.support_y[:, 1], previous=w0)
+        for name, initial in model.initial.items():
+            for w in (w0, w1):
+                torch.testing.assert_close(w.blocks[name], initial.expand_as(w.blocks[name]))
+        for scale in model.step_scale.values():
+            scale.fill_(0.5)
+        moved = model.generate(batch.support_x[:, 1], batch.support_y[:, 1], previous=w0)
+    for name in moved.blocks:  # α ≠ 0: the support set and θ_{t−1} write an update
+        assert not torch.allclose(moved.blocks[name], w0.blocks[name])
+    # the update reaches α and the generator through the loss
+    model.train()
+    model.batch_loss(batch).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0
+               for p in [*model.step_scale.values(), *model.initial.values()])
+
+
+@pytest.mark.parametrize("feedback", ["none", "normalized"])
+def test_what_the_weight_tokens_carry(feedback):
+    cfg = small(cht_feedback=feedback)
+    model = ContinualHyperTransformer(cfg).eval()
+    batch = sequences(cfg, tasks=2)
+    t0, t1 = batch.task(0), batch.task(1)
+    with torch.no_grad():
+        w0 = model.generate(t0.support_x, t0.support_y)
+        fresh = model.generate(t1.support_x, t1.support_y)
+        fed = model.generate(t1.support_x, t1.support_y, previous=w0)
+        scaled = model.generate(t1.support_x, t1.support_y, previous=type(w0)(
+            w0.layers, w0.shared_features, {k: 3 * v + 1 for k, v in w0.blocks.items()}))
+    for name in fed.blocks:
+        if feedback == "none":  # nothing fed back: θ_1 from S_1 alone
+            torch.testing.assert_close(fed.blocks[name], fresh.blocks[name])
+        else:  # fed back, and blind to the scale and offset of each block
+            assert not torch.allclose(fed.blocks[name], fresh.blocks[name])
+            torch.testing.assert_close(scaled.blocks[name], fed.blocks[name], rtol=1e-4,
+                                       atol=1e-4)
+
+
+def test_feedback_options_are_checked():
+    with pytest.raises(ValueError, match="unknown cht_feedback"):
+        build_model(small(cht_feedback="projected"))
+    for model_type in ("merged_ht", "protonet"):
+        with pytest.raises(ValueError, match="feeds no weights back"):
+            build_model(small(model_type=model_type, cht_residual=True))
 
 
 def test_gradients_reach_the_first_task_through_the_chain():
@@ -326,6 +380,53 @@ def test_training_resumes_exactly(tmp_path):
     lines = [json.loads(x) for x in
              (tmp_path / "straight/metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [2, 4]
+
+
+@pytest.mark.parametrize("scale", [False, True])
+def test_a_residual_cht_starts_as_the_protonet_it_is_initialised_from(scale):
+    cfg = small(cht_residual=True, cht_embedding_scale=scale, cht_residual_scale=0.0)
+    protonet = ProtoNet(small(model_type="protonet"))
+    for p in protonet.parameters():  # trained-looking γ, β, kernels and embedding
+        p.data.normal_()
+    model = ContinualHyperTransformer(cfg).eval()
+    model.start_from(protonet)
+    batch = sequences(cfg, tasks=2)
+    stream = TaskStream(model)
+    with torch.no_grad():
+        for t in range(2):
+            stream.learn(batch.support_x[:, t], batch.support_y[:, t])
+            torch.testing.assert_close(model.embed(batch.query_x[:, t], stream.weights),
+                                       protonet.embed(batch.query_x[:, t]))
+    with pytest.raises(ValueError, match="cht_residual=true"):
+        ContinualHyperTransformer(small()).start_from(protonet)
+    with pytest.raises(ValueError, match="must hold a ProtoNet"):
+        model.start_from(HyperTransformer(cfg))
+    with pytest.raises(ValueError, match="does not fit"):
+        model.start_from(ProtoNet(small(model_type="protonet", default_num_channels=5)))
+
+
+def test_training_starts_from_init_checkpoint_only_when_fresh(tmp_path):
+    from hypertransformer.training import load_checkpoint
+    glyphs = dict(data_dir=None, train_dataset="glyphs:train", test_dataset="glyphs:test",
+                  eval_datasets="glyphs", shuffle_labels_seed=0, episodes_per_step=2,
+                  steps_between_saves=1, train_steps=1)
+    run_kw = dict(progress=False, log_every=1, heldout_episodes=2)
+    train(small(model_type="protonet", **glyphs), tmp_path / "pn", **run_kw)
+    pn = load_checkpoint(tmp_path / "pn/checkpoints/ckpt-00000001.pt")["model"]
+    cfg = small(cht_residual=True, learning_rate=0.0, init_checkpoint=str(tmp_path / "pn"),
+                **glyphs)
+    train(cfg, tmp_path / "cht", **run_kw)
+    cht = load_checkpoint(tmp_path / "cht/checkpoints/ckpt-00000001.pt")["model"]
+    torch.testing.assert_close(cht["initial.logits"],
+                               torch.cat([pn["embedding.weight"], pn["embedding.bias"][:, None]],
+                                         1))
+    torch.testing.assert_close(cht["ht.conv_layers.0.gamma"], pn["conv_layers.0.gamma"])
+    # a resumed run keeps its own parameters, whatever init_checkpoint holds now
+    train(cfg.replace(train_steps=2, init_checkpoint=str(tmp_path / "nowhere")),
+          tmp_path / "cht", **run_kw)
+    with pytest.raises(ValueError, match="initialises a residual CHT"):
+        train(small(model_type="protonet", init_checkpoint=str(tmp_path / "pn"), **glyphs),
+              tmp_path / "pn2", **run_kw)
 
 
 def test_cli_trains_and_evaluates_a_matrix_of_2L_rows(tmp_path):

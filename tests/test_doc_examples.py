@@ -1,5 +1,5 @@
-"""The Python examples of the README and docs/model.md run as written (offline, on the
-shipped glyphs_demo model and the built-in glyphs data)."""
+"""The Python examples of the README, docs/model.md and docs/use.md run as written (offline,
+on the shipped models and the built-in glyphs data)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,27 @@ def test_example_runs(doc: str, heading: str, tmp_path: Path) -> None:
         assert (tmp_path / "glyphs_cnn.pt").stat().st_size > 0
     else:
         assert done.stdout.strip() == "torch.Size([4, 25, 5]) torch.Size([4, 8, 5])"
+
+
+def test_stream_example_runs(tmp_path: Path) -> None:
+    """docs/use.md's continual example; until ``cht_omniglot_class`` is shipped, with a tiny
+    class-incremental CHT of random weights in its place."""
+    from test_inference import bare_checkpoint
+
+    from hypertransformer import presets
+    from hypertransformer.inference import available_pretrained
+    from hypertransformer.model import ContinualHyperTransformer
+
+    code = python_block("docs/use.md", "## Learning task after task (Continual HT)")
+    if "cht_omniglot_class" not in available_pretrained():
+        config = presets.load("cht_omniglot_class", default_num_channels=4, embedding_dim=8,
+                              num_layers=1, heads=1, num_layerwise_features=4)
+        model = ContinualHyperTransformer(config)
+        path = bare_checkpoint(tmp_path / "cht.pt", model, config)
+        code = code.replace('"cht_omniglot_class"', repr(str(path)))
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].count("U+") == 15 and lines[1].count("U+") == 5
+    assert (tmp_path / "stream.pt").stat().st_size > 0

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -117,6 +120,39 @@ def test_confidence_interval_by_hand():
     assert confidence_interval([0.3] * 5) == (pytest.approx(0.3), 0.0)
     with pytest.raises(ValueError):
         confidence_interval([])
+
+
+# ---- no import circle between the two protocols -----------------------------------------
+
+EVALUATION = Path(__file__).resolve().parents[1] / "src/hypertransformer/evaluation"
+
+
+@pytest.mark.parametrize("first,second", [("continual", "evaluator"),
+                                          ("evaluator", "continual")])
+def test_the_protocol_modules_import_in_either_order(first: str, second: str) -> None:
+    code = (f"import hypertransformer.evaluation.{first}, "
+            f"hypertransformer.evaluation.{second}")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def imported(node: ast.AST) -> list[str]:
+    """The modules an import statement names (``from a import b``: ``a`` and ``a.b``)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        return [base] + [f"{base}.{alias.name}".lstrip(".") for alias in node.names]
+    return []
+
+
+def test_no_function_level_import_between_the_protocol_modules() -> None:
+    for name, other in [("continual", "evaluator"), ("evaluator", "continual")]:
+        tree = ast.parse((EVALUATION / f"{name}.py").read_text())
+        local = [node.lineno for function in ast.walk(tree)
+                 if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
+                 for node in ast.walk(function)
+                 if any(m == other or m.endswith(f".{other}") for m in imported(node))]
+        assert not local, f"{name}.py imports {other} inside a function (lines {local})"
 
 
 # ---- the protocol, with a stub model ------------------------------------------------------

@@ -24,10 +24,12 @@ from hypertransformer.data.base import DatasetError
 from hypertransformer.data.omniglot import load_omniglot
 from hypertransformer.data.registry import load_split
 from hypertransformer.inference import (
+    ContinualModel,
     FewShotModel,
     GeneratedCNN,
     Preprocessing,
     load_classifier,
+    load_few_shot,
     pretrained,
 )
 from hypertransformer.model import ContinualHyperTransformer, HyperTransformer, ProtoNet
@@ -284,7 +286,9 @@ def test_pretrained_names(trained: Path, tmp_path: Path,
         hypertransformer.load("omniglot_1shot")
     with pytest.raises(ValueError, match="'omniglot_2shot' is neither a pretrained model nor "
                                          "an existing checkpoint .*omniglot_1shot, "
-                                         "omniglot_5shot, glyphs_demo .shipped: glyphs_demo"):
+                                         "omniglot_5shot, glyphs_demo, cht_omniglot_task, "
+                                         "cht_omniglot_class, constpn_omniglot .shipped: "
+                                         "glyphs_demo"):
         hypertransformer.load("omniglot_2shot")
     with pytest.raises(FileNotFoundError, match="neither a checkpoint file nor a log dir"):
         hypertransformer.load(tmp_path / "runs" / "missing")
@@ -301,12 +305,16 @@ def bare_checkpoint(path: Path, model: torch.nn.Module, config: Config) -> Path:
 
 @pytest.mark.parametrize("preset,cls", [("cht_glyphs_demo", ContinualHyperTransformer),
                                         ("protonet_omniglot_continual", ProtoNet)])
-def test_other_model_types_are_refused(preset: str, cls: type, tmp_path: Path) -> None:
+def test_continual_models_do_not_fit_classifiers(preset: str, cls: type,
+                                                 tmp_path: Path) -> None:
+    """They load as models that learn task after task (tests/test_stream.py); what needs a
+    HyperTransformer refuses them."""
     config = presets.load(preset, **TINY)
     path = bare_checkpoint(tmp_path / "other.pt", cls(config), config)
-    with pytest.raises(CheckpointError, match=f"holds a '{config.model_type}' model; only a "
-                                              f"HyperTransformer"):
-        hypertransformer.load(path)
+    assert isinstance(hypertransformer.load(path), ContinualModel)
+    with pytest.raises(ValueError, match=f"holds a '{config.model_type}' model, which learns "
+                                         f"task after task .*needs a HyperTransformer"):
+        load_few_shot(path)
 
 
 class Payload:

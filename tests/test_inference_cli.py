@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_inference import bare_checkpoint
 
 import hypertransformer
 from hypertransformer import cli, presets
 from hypertransformer.data.registry import load_split
 from hypertransformer.inference import load_classifier
-from hypertransformer.model import HyperTransformer
+from hypertransformer.model import ContinualHyperTransformer, HyperTransformer
 from hypertransformer.training import save_checkpoint
 from hypertransformer.training.checkpoint import FORMAT_VERSION
 
@@ -133,6 +134,13 @@ def test_generate_errors(files: dict[str, Path], tmp_path: Path,
     assert "use a .pt (TorchScript) or .onnx" in generate(files["support"], out="cnn.txt")
     assert "'omniglot_2shot' is neither a pretrained model" in generate(
         files["support"], model="omniglot_2shot")
+    # a continual model learns task after task (Stream) and fits no classifier
+    assert generate(files["support"], model="cht_omniglot_class").startswith(
+        "'cht_omniglot_class' is a continual model")
+    config = presets.load("cht_glyphs_demo", **TINY)
+    cht = bare_checkpoint(tmp_path / "cht.pt", ContinualHyperTransformer(config), config)
+    assert generate(files["support"], model=cht).startswith(
+        f"{cht} holds a 'cht' model, which learns task after task")
     assert not (tmp_path / "cnn.pt").exists()
 
 

@@ -27,7 +27,8 @@ from hypertransformer.config import Config
 from hypertransformer.data.base import ClassDataset, DatasetError
 from hypertransformer.data.registry import load_dataset, load_split, val_spec
 from hypertransformer.data.sampler import EpisodeSampler, SequenceSampler, make_sampler
-from hypertransformer.evaluation.evaluator import evaluate_checkpoint, sample_tasks
+from hypertransformer.evaluation.evaluator import evaluate_checkpoint
+from hypertransformer.evaluation.protocol import sample_tasks
 from hypertransformer.training import checkpoint, trainer
 from hypertransformer.training.checkpoint import load_checkpoint, model_from_checkpoint
 

@@ -227,6 +227,8 @@ def test_serve_fails_at_start_without_its_model(serve: ModuleType, tmp_path: Pat
                           "'omniglot_1shot' is not shipped")
     code, err = run_cli(capsys, "serve", "--model", str(tmp_path / "nothing"))
     assert code == 2 and len(err.splitlines()) == 1 and "neither a checkpoint file" in err
+    code, err = run_cli(capsys, "serve", "--model", "cht_omniglot_class")
+    assert code == 2 and len(err.splitlines()) == 1 and "is a continual model" in err
 
 
 def test_serve_on_a_busy_or_impossible_port(serve: ModuleType, files: Files,

@@ -104,6 +104,21 @@ class Config:
     cht_eval_tasks: int = 0  # (ours) tasks per evaluation sequence; 0 means 2·cht_tasks
     cht_scenario: str = "task"  # (ours) task | class | minibatch
     cht_recompute_prototypes: bool = False  # (ours) evaluation upper bound: no stored prototypes
+    # (ours) what the weight tokens of task t carry of θ_{t−1}: raw (SPEC §7, the blocks as
+    # generated) | normalized (each block layer-normalised) | none (nothing: no feedback)
+    cht_feedback: str = "raw"
+    # (ours) θ_t = θ_{t−1} + α_ℓ·G_ℓ(S_t, θ_{t−1}) with a learned θ_{−1} and per-layer α_ℓ
+    # starting at cht_residual_scale (near the identity: a trained CNN that the generator
+    # learns to update; at exactly 0 the generator gets no gradient)
+    cht_residual: bool = False
+    cht_residual_scale: float = 0.01
+    # (ours) the generated embedding divided by √F (F: the width of its input): the transformer
+    # writes unit-scale weights, so that squared distances start at O(D) rather than O(D·F)
+    cht_embedding_scale: bool = False
+    # (ours) a fresh training run of a residual CHT starts with θ_{−1} (and the shared
+    # BatchNorm γ, β) copied from this ProtoNet of the same CNN: a checkpoint file, a log dir
+    # or a pretrained name (hypertransformer.load)
+    init_checkpoint: str = ""
 
     # ---- losses and regularisers (SPEC §3.8) --------------------------------------------
     warmup_steps: int = 0

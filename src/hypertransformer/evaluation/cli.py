@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--log-dir", help="a training log dir (its latest checkpoint)")
     source.add_argument("--checkpoint", help="a checkpoint file, e.g. <log_dir>/checkpoints/"
                                              "best.pt")
+    source.add_argument("--model", help="a pretrained model by name (hypertransformer.load); "
+                                        "its record is printed, not written")
     p.add_argument("--split", choices=("train", "val", "test"), default="test",
                    help="classes to evaluate on (default: test)")
     p.add_argument("--tasks", type=int, default=None,
@@ -140,9 +142,10 @@ def describe_continual(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _report(record: dict[str, Any], path: Path, as_json: bool) -> None:
+def _report(record: dict[str, Any], path: Path | None, as_json: bool) -> None:
     print(describe(record))
-    print(f"wrote {path}")
+    if path is not None:
+        print(f"wrote {path}")
     if as_json:
         print(json.dumps(record))
     sys.stdout.flush()
@@ -177,6 +180,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         except TimeoutError as e:
             print(f"hypertransformer evaluate: {e}", file=sys.stderr)
             return 1
+        return 0
+    if args.model is not None:
+        from hypertransformer.inference.pretrained import pretrained_path
+
+        record = evaluate_checkpoint(pretrained_path(args.model), args.split, seed=args.seed,
+                                     overrides=overrides)
+        record["checkpoint"] = args.model  # a name, not this installation's path
+        _report(record, None, args.json)
         return 0
     record = evaluate_checkpoint(args.checkpoint or args.log_dir, args.split, seed=args.seed,
                                  overrides=overrides)

@@ -32,7 +32,7 @@ from torch import nn
 from hypertransformer.config import Config
 from hypertransformer.data.base import ClassDataset
 from hypertransformer.data.sampler import EpisodeSampler, SequenceSampler
-from hypertransformer.evaluation.evaluator import confidence_interval, sample_tasks
+from hypertransformer.evaluation.protocol import confidence_interval, sample_tasks
 from hypertransformer.model.continual import TaskStream
 
 # Sequences per call (a speed/memory knob; it does not change the result).

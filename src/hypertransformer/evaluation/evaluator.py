@@ -28,22 +28,22 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from hypertransformer.config import Config
 from hypertransformer.data.base import ClassDataset
 from hypertransformer.data.registry import load_split
-from hypertransformer.data.sampler import EpisodeBatch, EpisodeSampler, Sampler
+from hypertransformer.data.sampler import EpisodeBatch, EpisodeSampler
+from hypertransformer.evaluation.continual import evaluate_continual
+from hypertransformer.evaluation.protocol import confidence_interval, sample_tasks
 from hypertransformer.model import HyperTransformer
 from hypertransformer.model.continual import EpisodeClassifier
 from hypertransformer.model.hypertransformer import GeneratedWeights
@@ -86,32 +86,6 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def confidence_interval(task_accuracies: list[float] | np.ndarray) -> tuple[float, float]:
-    """(mean, 95% half-width ``1.96 · std / √n``) with the population std (``ddof=0``)."""
-    acc = np.asarray(task_accuracies, dtype=np.float64)
-    if acc.size == 0:
-        raise ValueError("no task accuracies")
-    return float(acc.mean()), float(1.96 * acc.std() / math.sqrt(acc.size))
-
-
-def _task_seed(seed: int, task: int) -> int:
-    # int() first: NumPy 1.x has no right shift of a np.uint64 by a Python int
-    return int(np.random.SeedSequence((seed, task)).generate_state(1, np.uint64)[0]) >> 1
-
-
-def sample_tasks(sampler: Sampler, first: int, count: int, num_batches: int,
-                 seed: int) -> Any:
-    """Tasks (or task sequences) ``first .. first+count-1``, each drawn from its own
-    ``(seed, index)`` generator: an :class:`EpisodeBatch` (or a ``SequenceBatch``)."""
-    parts = []
-    for i in range(first, first + count):
-        state = torch.Generator().manual_seed(_task_seed(seed, i)).get_state()
-        sampler.load_state_dict({"generator": state})
-        parts.append(sampler.sample(1, query_batches=num_batches))
-    return type(parts[0])(**{f.name: torch.cat([getattr(p, f.name) for p in parts])
-                             for f in fields(parts[0])})
 
 
 def _batch_accuracy(model: HyperTransformer, batch: EpisodeBatch, weights: GeneratedWeights,
@@ -225,8 +199,6 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, seed: in
     chance = 1.0 / config.num_labels
     continual = config.model_type in CONTINUAL_MODELS
     if continual and config.sequence_length > 1:  # the continual protocol (SPEC §7)
-        from hypertransformer.evaluation.continual import evaluate_continual
-
         result = evaluate_continual(model, config, dataset, num_sequences=config.num_task_evals,
                                     num_tasks=config.sequence_length, **protocol)
         if config.cht_scenario == "class":  # after the last task: all classes seen

@@ -40,6 +40,8 @@ from hypertransformer.model.ops import BN_EPS
 
 METADATA_FILE = "hypertransformer.json"  # the extra file of an exported TorchScript model
 METADATA_FORMAT = "hypertransformer-classifier/1"
+Labels = Sequence[Hashable] | Tensor | np.ndarray  # one class name per image
+Statistics = list[tuple[Tensor, Tensor]]  # BatchNorm (mean, var) of each layer
 
 
 class FewShotModel:
@@ -56,32 +58,49 @@ class FewShotModel:
     def preprocessing(self) -> Preprocessing:
         return Preprocessing.from_config(self.config)
 
-    def fit(self, images: Images, labels: Sequence[Hashable] | Tensor | np.ndarray, *,
-            ink: str = "auto") -> GeneratedClassifier:
+    def fit(self, images: Images, labels: Labels, *, ink: str = "auto") -> GeneratedClassifier:
         """The classifier generated from the support set ``images`` labelled ``labels``.
 
         Any hashable class names, 1 to N = ``num_labels`` classes (in order of first
         appearance) and any number of images per class.  ``ink`` is the polarity of the
         support images and the default for the queries (:mod:`.images`).
         """
-        check_ink(ink)
-        labels = labels.tolist() if isinstance(labels, Tensor | np.ndarray) else list(labels)
-        index = {label: i for i, label in enumerate(dict.fromkeys(labels))}
-        classes = list(index)
-        n = self.config.num_labels
-        if len(classes) > n:
-            raise ValueError(f"{len(classes)} classes, but this model tells at most {n} apart "
-                             f"(num_labels = {n}); use at most {n} classes per classifier")
-        x = self.preprocessing(images, ink)
-        if len(labels) != len(x):
-            raise ValueError(f"{len(x)} images but {len(labels)} labels; give one label per "
-                             f"image")
-        y = torch.tensor([index[label] for label in labels])
+        x, y, classes = read_support(self.preprocessing, images, labels, ink,
+                                     self.config.num_labels)
         with torch.no_grad():
             weights = self.model.generate(x[None], y[None])
             cnn = GeneratedCNN.from_generated(self.model, weights, len(classes))
             cnn.fit_statistics(x)
         return GeneratedClassifier(cnn, classes, self.preprocessing, ink).eval()
+
+
+def read_support(preprocessing: Preprocessing, images: Images, labels: Labels, ink: str,
+                 num_labels: int, per: str = "classifier",
+                 ) -> tuple[Tensor, Tensor, list[Hashable]]:
+    """A labelled support set as the model reads it: (images ``[S, C, H, W]``, labels ``[S]``
+    numbered 0.. in order of first appearance, the class names in that order).  Any hashable
+    class names, 1 to ``num_labels`` classes (more: an error telling the user to use at most
+    that many per ``per``), any number of images per class, one label per image."""
+    check_ink(ink)
+    labels = labels.tolist() if isinstance(labels, Tensor | np.ndarray) else list(labels)
+    index = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+    n = num_labels
+    if len(index) > n:
+        raise ValueError(f"{len(index)} classes, but this model tells at most {n} apart "
+                         f"(num_labels = {n}); use at most {n} classes per {per}")
+    x = preprocessing(images, ink)
+    if len(labels) != len(x):
+        raise ValueError(f"{len(x)} images but {len(labels)} labels; give one label per image")
+    return x, torch.tensor([index[label] for label in labels]), list(index)
+
+
+def check_saved_names(class_names: list[Hashable], what: str) -> None:
+    """Refuses class names that ``what`` (a saved file) cannot keep: only str, int, float and
+    bool are saved."""
+    bad = [c for c in class_names if not isinstance(c, str | int | float | bool)]
+    if bad:
+        raise ValueError(f"class name {bad[0]!r} cannot be saved; {what} keeps str, int, "
+                         f"float or bool class names")
 
 
 class GeneratedConv(nn.Module):
@@ -105,8 +124,10 @@ class GeneratedConv(nn.Module):
     def conv(self, x: Tensor) -> Tensor:
         return conv_block(x, self.weight, self.bias, self.spec, self.activation)
 
-    def normalize(self, x: Tensor) -> Tensor:
-        return F.batch_norm(x, self.mean, self.var, self.gamma, self.beta, False, 0.0, BN_EPS)
+    def normalize(self, x: Tensor, statistics: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """BatchNorm with the stored statistics, or with ``statistics`` (mean, var)."""
+        mean, var = (self.mean, self.var) if statistics is None else statistics
+        return F.batch_norm(x, mean, var, self.gamma, self.beta, False, 0.0, BN_EPS)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.normalize(self.conv(x))
@@ -149,9 +170,15 @@ class GeneratedCNN(nn.Module):
             layer.var.copy_(var)
             x = layer.normalize(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers:
-            x = layer(x)
+    def statistics(self) -> Statistics:
+        """The stored BatchNorm statistics (mean, var) of each layer."""
+        return [(layer.mean, layer.var) for layer in self.layers]
+
+    def forward(self, x: Tensor, statistics: Statistics | None = None) -> Tensor:
+        """Logits of ``x``, normalised with the stored statistics or with ``statistics``
+        (those of another support pass, as :meth:`statistics` gives them)."""
+        for i, layer in enumerate(self.layers):
+            x = layer.normalize(layer.conv(x), None if statistics is None else statistics[i])
         return torch.addmm(self.logits_bias, last_features(x, 1, self.flatten)[0],
                            self.logits_weight)
 
@@ -184,10 +211,7 @@ class GeneratedClassifier(nn.Module):
         """What an exported file carries besides the CNN: the class names and the
         preprocessing (the CNN's input is ``[B, channels, image_size, image_size]``, ``x /
         128 - 1`` of the fitted pixels)."""
-        bad = [c for c in self.class_names if not isinstance(c, str | int | float | bool)]
-        if bad:
-            raise ValueError(f"class name {bad[0]!r} cannot be saved; an exported classifier "
-                             f"keeps str, int, float or bool class names")
+        check_saved_names(self.class_names, "an exported classifier")
         return {"format": METADATA_FORMAT, "class_names": self.class_names,
                 "preprocessing": self.preprocessing.to_dict(), "ink": self.ink}
 

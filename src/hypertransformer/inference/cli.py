@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hypertransformer.inference.classifier import load_classifier
 from hypertransformer.inference.images import INK_MODES
-from hypertransformer.inference.pretrained import PRETRAINED, load
+from hypertransformer.inference.pretrained import FEW_SHOT_PRETRAINED, load_few_shot
 
 SAVE_SUFFIXES = (".pt", ".onnx")
 
@@ -42,7 +42,7 @@ def _generate(args: argparse.Namespace) -> int:
     if out.suffix not in SAVE_SUFFIXES:
         raise ValueError(f"--out {out}: use a .pt (TorchScript) or .onnx file name")
     files, labels = support_folder(args.support)
-    clf = load(args.model).fit(files, labels, ink=args.ink)
+    clf = load_few_shot(args.model).fit(files, labels, ink=args.ink)
     out.parent.mkdir(parents=True, exist_ok=True)
     clf.save(out)
     names = ", ".join(map(str, clf.class_names))
@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "the images of DIR (one sub-folder per class, named after "
                                    "the class).")
     p.add_argument("--model", required=True,
-                   help=f"a pretrained name ({', '.join(PRETRAINED)}), a log dir of "
+                   help=f"a pretrained name ({', '.join(FEW_SHOT_PRETRAINED)}), a log dir of "
                         f"`hypertransformer train` or a checkpoint file")
     p.add_argument("--support", required=True, metavar="DIR",
                    help="DIR/<class>/<images>: the labelled images")

@@ -43,7 +43,7 @@ import torch
 
 from hypertransformer.data.image_folder import read_image
 from hypertransformer.inference.classifier import FewShotModel, GeneratedClassifier
-from hypertransformer.inference.pretrained import PRETRAINED, load
+from hypertransformer.inference.pretrained import FEW_SHOT_PRETRAINED, load_few_shot
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -196,7 +196,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be between 0 and 65535; got {args.port}")
     from werkzeug.serving import make_server
 
-    model = load(args.model)  # a missing model fails here, before the server starts
+    model = load_few_shot(args.model)  # a missing model fails here, before serving
     torch.set_num_threads(1)  # one core per request (docs/use.md, Speed)
     app = create_app(model, str(args.model))
     try:
@@ -221,7 +221,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    f"classifies a query and can be downloaded. Needs "
                                    f"pip install 'hypertransformer[serve]'.")
     p.add_argument("--model", default="omniglot_1shot",
-                   help=f"a pretrained name ({', '.join(PRETRAINED)}; default "
+                   help=f"a pretrained name ({', '.join(FEW_SHOT_PRETRAINED)}; default "
                         f"omniglot_1shot), a log dir of `hypertransformer train` or a "
                         f"checkpoint file")
     p.add_argument("--port", type=int, default=8000,

@@ -60,6 +60,9 @@ class PrototypeModel(Protocol):
               mask: Tensor | None = None) -> Tensor: ...
 
 
+FEEDBACK = ("raw", "normalized", "none")
+
+
 def check_continual_config(cfg: Config) -> None:
     check_scenario(cfg.cht_scenario)
     for name in ("cht_tasks", "prototype_dim"):
@@ -68,6 +71,15 @@ def check_continual_config(cfg: Config) -> None:
     if cfg.cht_eval_tasks < 0:
         raise ValueError(f"cht_eval_tasks must be >= 0 (0: 2·cht_tasks); got "
                          f"{cfg.cht_eval_tasks}")
+    if cfg.cht_feedback not in FEEDBACK:
+        raise ValueError(f"unknown cht_feedback {cfg.cht_feedback!r}; use one of "
+                         f"{', '.join(FEEDBACK)}")
+    if cfg.model_type != "cht" and (cfg.cht_feedback != "raw" or cfg.cht_residual):
+        raise ValueError(f"model_type={cfg.model_type} feeds no weights back: cht_feedback and "
+                         f"cht_residual are for model_type=cht")
+    if cfg.model_type == "protonet" and cfg.cht_embedding_scale:
+        raise ValueError("cht_embedding_scale scales a generated embedding; the ProtoNet's is "
+                         "trained")
     if cfg.warmup_steps > 0 or cfg.shared_head_weight > 0:
         raise ValueError(f"model_type={cfg.model_type} has no warm-up heads or shared head: set "
                          f"warmup_steps=0 and shared_head_weight=0")
@@ -240,20 +252,97 @@ class ContinualHyperTransformer(nn.Module):
         # label tokens for the classes of ``label_tasks`` tasks (MergedHT: the whole union)
         labels = config.replace(num_labels=config.num_labels * label_tasks)
         self.ht = HyperTransformer(labels, num_outputs=config.prototype_dim)
+        self.embedding_scale = (self.ht.logits_layer.spec.in_features ** -0.5
+                                if config.cht_embedding_scale else 1.0)
+        # cht_residual: θ_{−1} (one block per generator, scaled like a fan-in init) and α_ℓ
+        self.initial = nn.ParameterDict()
+        self.step_scale = nn.ParameterDict()
+        if config.cht_residual:
+            for name, g in self.ht.generators.items():
+                self.initial[name] = nn.Parameter(
+                    torch.randn(g.num_tokens, g.block_size) / g.block_size ** 0.5)
+                self.step_scale[name] = nn.Parameter(torch.tensor(config.cht_residual_scale))
+
+    @torch.no_grad()
+    def start_from(self, protonet: nn.Module) -> None:
+        """θ_{−1} := a trained ProtoNet's CNN (``init_checkpoint``): its conv kernels as the
+        generators' blocks (the decoding's layout), its BatchNorm γ, β, and its linear
+        embedding as the embedding block; the CHT then embeds as the ProtoNet, but for the
+        updates α·G (exactly as it with α = 0), and learns to update the weights."""
+        from hypertransformer.model.protonet import ProtoNet
+
+        if not self.config.cht_residual:
+            raise ValueError("init_checkpoint starts θ_{−1} of a residual CHT: set "
+                             "cht_residual=true")
+        if not isinstance(protonet, ProtoNet):
+            raise ValueError(f"init_checkpoint must hold a ProtoNet (model_type protonet); got "
+                             f"{type(protonet).__name__}")
+        ht = self.ht
+        convs = list(zip(ht.conv_layers, protonet.conv_layers, strict=True))
+        blocks = {}
+        for i, (mine, theirs) in enumerate(convs):
+            if not mine.generated or mine.allocation != "output" or mine.block_size != (
+                    mine.kernel_size) or theirs.weight.shape != (
+                    mine.spec.out_channels, mine.spec.in_channels, mine.spec.kernel,
+                    mine.spec.kernel):
+                raise ValueError(f"init_checkpoint: conv layer {i + 1} of the ProtoNet does not "
+                                 f"fit this CHT's generated layer (same CNN, generated with the "
+                                 f"output allocation and no generated bias/BN)")
+            # [C_out, C_in, kh, kw] -> one token per output filter, (kh, kw, C_in) order
+            blocks[f"conv{i + 1}"] = theirs.weight.permute(0, 2, 3, 1).flatten(1)
+            mine.gamma.copy_(theirs.gamma)
+            mine.beta.copy_(theirs.beta)
+        linear = protonet.embedding
+        if linear.weight.shape != (self.config.prototype_dim,
+                                   ht.logits_layer.spec.in_features):
+            raise ValueError("init_checkpoint: the ProtoNet's embedding does not fit this "
+                             "CHT's (prototype_dim and the CNN must be the same)")
+        blocks["logits"] = torch.cat([linear.weight, linear.bias[:, None]], 1) / (
+            self.embedding_scale)
+        for name, block in blocks.items():
+            self.initial[name].copy_(block)
 
     def generate(self, support_x: Tensor, support_y: Tensor, support_mask: Tensor | None = None,
                  previous: GeneratedWeights | None = None) -> GeneratedWeights:
         """θ_t from the task's support set and θ_{t−1} (``previous``; None at t = 0)."""
-        return self.ht.generate(support_x, support_y, support_mask, previous)
+        blocks = None if previous is None else previous.blocks
+        if blocks is None and self.config.cht_residual:
+            t = support_y.shape[0]
+            blocks = {name: p.expand(t, *p.shape) for name, p in self.initial.items()}
+        return self.ht.generate(support_x, support_y, support_mask,
+                                _StepFeedback(self, blocks))
 
     def embed(self, x: Tensor, weights: GeneratedWeights | None,
               mask: Tensor | None = None) -> Tensor:
         """Embeddings [T, M, D] of images [T, M, C, H, W] with the generated CNNs."""
         assert weights is not None
-        return self.ht.run_cnn(x, weights, mask)[0]
+        return self.ht.run_cnn(x, weights, mask)[0] * self.embedding_scale
 
     def batch_loss(self, batch: SequenceBatch, step: int = 0) -> LossOutput:
         return sequence_loss(self, batch)
+
+
+class _StepFeedback:
+    """The :class:`~.hypertransformer.Feedback` of one CHT step: θ_{t−1}'s blocks (None at
+    t = 0 without ``cht_residual``) into the weight tokens, as ``cht_feedback`` says, and
+    with ``cht_residual`` the new block ``θ_{t−1} + α·out``."""
+
+    def __init__(self, model: ContinualHyperTransformer,
+                 previous: dict[str, Tensor] | None) -> None:
+        self.model, self.previous = model, previous
+        self.mode = model.config.cht_feedback
+
+    def content(self, name: str) -> Tensor | None:
+        if self.previous is None or self.mode == "none":
+            return None
+        block = self.previous[name]
+        return F.layer_norm(block, block.shape[-1:]) if self.mode == "normalized" else block
+
+    def block(self, name: str, out: Tensor) -> Tensor:
+        if not self.model.config.cht_residual:
+            return out
+        assert self.previous is not None
+        return self.previous[name] + self.model.step_scale[name] * out
 
 
 class MergedHyperTransformer(ContinualHyperTransformer):

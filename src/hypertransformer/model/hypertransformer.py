@@ -18,6 +18,7 @@ statistics.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,16 @@ class GeneratedWeights:
             if w is not None and w.weight is not None:
                 return int(w.weight.shape[0])
         raise ValueError("no generated layer")
+
+
+class Feedback(Protocol):
+    """What the Continual HT changes in generation: ``content(name)`` is written into the
+    weight tokens of generator ``name`` ([T, n, ≤B] or None), ``block(name, out)`` turns its
+    output [T, n, B] into the layer's block (decoded into weights and fed back next task)."""
+
+    def content(self, name: str) -> Tensor | None: ...
+
+    def block(self, name: str, out: Tensor) -> Tensor: ...
 
 
 @dataclass
@@ -162,11 +173,11 @@ class HyperTransformer(nn.Module):
 
     def generate(self, support_x: Tensor, support_y: Tensor,
                  support_mask: Tensor | None = None,
-                 previous: GeneratedWeights | None = None) -> GeneratedWeights:
+                 feedback: Feedback | None = None) -> GeneratedWeights:
         """Generates every layer's weights from the support set of each of T tasks.
 
-        ``previous`` (the Continual HT): weights generated for the previous task of each
-        sequence; generator ℓ's weight token j then carries ``previous.blocks[ℓ][:, j]``.
+        ``feedback`` (the Continual HT) says, per generator, what its weight tokens carry and
+        how its output becomes the layer's block (:class:`Feedback`); None: the HT's.
         """
         self._check(support_x, "support_x")
         t, s = support_y.shape
@@ -187,9 +198,10 @@ class HyperTransformer(nn.Module):
         generated: dict[str, Tensor] = {}
 
         def run(name: str, x: Tensor) -> Tensor:
-            content = None if previous is None else previous.blocks[name]
-            generated[name] = self.generators[name](grouped_to_batch(x, t), support_y,
-                                                    support_mask, shared, content)
+            content = None if feedback is None else feedback.content(name)
+            out = self.generators[name](grouped_to_batch(x, t), support_y, support_mask,
+                                        shared, content)
+            generated[name] = out if feedback is None else feedback.block(name, out)
             return generated[name]
 
         for i, layer in enumerate(self.conv_layers):

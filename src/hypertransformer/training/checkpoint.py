@@ -67,6 +67,7 @@ MODEL_FIELDS = (
     "transformer_skip_last_nonlinearity", "shared_feature_extractor", "shared_features_dim",
     "shared_feature_extractor_padding", "logits_feature_extractor",
     "warmup_steps", "shared_head_weight", "shared_head_classes", "model_type", "prototype_dim",
+    "cht_feedback", "cht_residual", "cht_embedding_scale",
 )
 # ... and resuming also needs the same kind of optimiser state.
 RESUME_FIELDS = (*MODEL_FIELDS, "optimizer")

@@ -96,7 +96,7 @@ from hypertransformer.config import Config
 from hypertransformer.data.base import ClassDataset
 from hypertransformer.data.registry import load_split, val_spec
 from hypertransformer.data.sampler import EpisodeBatch, Sampler, SequenceBatch, make_sampler
-from hypertransformer.model import build_model
+from hypertransformer.model import ContinualHyperTransformer, build_model
 from hypertransformer.training.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -105,6 +105,7 @@ from hypertransformer.training.checkpoint import (
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
+    model_from_checkpoint,
     prune_checkpoints,
     save_checkpoint,
 )
@@ -276,6 +277,8 @@ class _Trainer:
         latest = broadcast_from_main(latest_checkpoint(log_dir), world)  # the same on all ranks
         if latest is not None:
             self._restore(latest)
+        elif cfg.init_checkpoint:
+            self._start_from(cfg.init_checkpoint)
         self.loss_fn: torch.nn.Module = _Loss(self.model)
         if world.distributed:
             self.loss_fn = DistributedDataParallel(
@@ -310,6 +313,17 @@ class _Trainer:
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return state
+
+    def _start_from(self, path: str) -> None:
+        """A fresh run's model initialised from another run's (``init_checkpoint``)."""
+        if not isinstance(self.model, ContinualHyperTransformer):
+            raise ValueError(f"init_checkpoint initialises a residual CHT (model_type cht); "
+                             f"this run's model_type is {self.config.model_type}")
+        from hypertransformer.inference.pretrained import PRETRAINED, pretrained_path
+
+        source, _, _ = model_from_checkpoint(
+            pretrained_path(path) if path in PRETRAINED else path)
+        self.model.start_from(source)
 
     def _restore(self, path: Path) -> None:
         state = load_checkpoint(path)
