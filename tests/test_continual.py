@@ -89,23 +89,6 @@ def test_first_task_is_the_ht_with_a_prototype_head():
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_previous_weights_change_the_next_weights():
-    cfg = small()
-    model = ContinualHyperTransformer(cfg).eval()
-    batch = sequences(cfg, tasks=2)
-    t0, t1 = batch.task(0), batch.task(1)
-    with torch.no_grad():
-        w0 = model.generate(t0.support_x, t0.support_y)
-        fresh = model.generate(t1.support_x, t1.support_y)
-        fed = model.generate(t1.support_x, t1.support_y, previous=w0)
-        other = model.generate(t1.support_x, t1.support_y,
-                               previous=model.generate(t0.support_x.flip(-1), t0.support_y))
-    for name in fed.blocks:
-        assert not torch.allclose(fed.blocks[name], fresh.blocks[name])
-        assert not torch.allclose(fed.blocks[name], other.blocks[name])
-    assert set(fed.blocks) == {"conv1", "conv2", "conv3", "conv4", "logits"}
-
-
 def test_residual_weights_start_as_the_learned_initial_weights_for_every_task():
     # cht_residual: θ_t = θ_{t−1} + α·G; with α = 0 every task's weights are θ_{−1} (a
     # trained CNN, the same for every support set) until α moves
@@ -130,7 +113,7 @@ def test_residual_weights_start_as_the_learned_initial_weights_for_every_task():
                for p in [*model.step_scale.values(), *model.initial.values()])
 
 
-@pytest.mark.parametrize("feedback", ["none", "normalized"])
+@pytest.mark.parametrize("feedback", ["raw", "normalized", "none"])
 def test_what_the_weight_tokens_carry(feedback):
     cfg = small(cht_feedback=feedback)
     model = ContinualHyperTransformer(cfg).eval()
@@ -140,13 +123,19 @@ def test_what_the_weight_tokens_carry(feedback):
         w0 = model.generate(t0.support_x, t0.support_y)
         fresh = model.generate(t1.support_x, t1.support_y)
         fed = model.generate(t1.support_x, t1.support_y, previous=w0)
+        other = model.generate(t1.support_x, t1.support_y,
+                               previous=model.generate(t0.support_x.flip(-1), t0.support_y))
         scaled = model.generate(t1.support_x, t1.support_y, previous=type(w0)(
             w0.layers, w0.shared_features, {k: 3 * v + 1 for k, v in w0.blocks.items()}))
+    assert set(fed.blocks) == {"conv1", "conv2", "conv3", "conv4", "logits"}
     for name in fed.blocks:
         if feedback == "none":  # nothing fed back: θ_1 from S_1 alone
             torch.testing.assert_close(fed.blocks[name], fresh.blocks[name])
-        else:  # fed back, and blind to the scale and offset of each block
-            assert not torch.allclose(fed.blocks[name], fresh.blocks[name])
+            continue
+        # the previous weights change the next ones
+        assert not torch.allclose(fed.blocks[name], fresh.blocks[name])
+        assert not torch.allclose(fed.blocks[name], other.blocks[name])
+        if feedback == "normalized":  # blind to the scale and offset of each block
             torch.testing.assert_close(scaled.blocks[name], fed.blocks[name], rtol=1e-4,
                                        atol=1e-4)
 

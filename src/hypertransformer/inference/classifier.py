@@ -44,11 +44,11 @@ Labels = Sequence[Hashable] | Tensor | np.ndarray  # one class name per image
 Statistics = list[tuple[Tensor, Tensor]]  # BatchNorm (mean, var) of each layer
 
 
-class FewShotModel:
-    """A trained HyperTransformer that writes a classifier for a few labelled images."""
+class TrainedModel:
+    """What :func:`~.pretrained.load` gives: a trained model in eval mode, its config and the
+    preprocessing of user images that the config implies."""
 
-    def __init__(self, model: HyperTransformer) -> None:
-        self.model = model.eval()
+    model: nn.Module
 
     @property
     def config(self) -> Config:
@@ -57,6 +57,13 @@ class FewShotModel:
     @property
     def preprocessing(self) -> Preprocessing:
         return Preprocessing.from_config(self.config)
+
+
+class FewShotModel(TrainedModel):
+    """A trained HyperTransformer that writes a classifier for a few labelled images."""
+
+    def __init__(self, model: HyperTransformer) -> None:
+        self.model = model.eval()
 
     def fit(self, images: Images, labels: Labels, *, ink: str = "auto") -> GeneratedClassifier:
         """The classifier generated from the support set ``images`` labelled ``labels``.

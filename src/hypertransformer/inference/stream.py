@@ -42,10 +42,11 @@ from hypertransformer.inference.classifier import (
     GeneratedConv,
     Labels,
     Statistics,
+    TrainedModel,
     check_saved_names,
     read_support,
 )
-from hypertransformer.inference.images import Images, Preprocessing
+from hypertransformer.inference.images import Images
 from hypertransformer.model import ContinualHyperTransformer, ProtoNet, build_model
 from hypertransformer.model.cnn import LayerWeights
 from hypertransformer.model.continual import TaskStream
@@ -57,7 +58,7 @@ STREAM_FORMAT = "hypertransformer-stream/1"
 STREAM_MODELS = ("cht", "protonet")
 
 
-class ContinualModel:
+class ContinualModel(TrainedModel):
     """A trained Continual HT (or ProtoNet) that learns task after task: :meth:`stream`."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -66,14 +67,6 @@ class ContinualModel:
             raise ValueError(f"a stream needs a Continual HT or ProtoNet (model_type "
                              f"{' or '.join(STREAM_MODELS)}); got {type(model).__name__}")
         self.model = model.eval()
-
-    @property
-    def config(self) -> Config:
-        return self.model.config
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return Preprocessing.from_config(self.config)
 
     def stream(self, scenario: str | None = None) -> Stream:
         """A new stream with nothing learned; ``scenario`` (task | class | minibatch) defaults
