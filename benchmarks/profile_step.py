@@ -4,7 +4,7 @@ time per operator.
 Usage::
 
     python benchmarks/profile_step.py --preset omniglot_1shot [--episodes-per-step 16]
-        [--threads 1] [--steps 5] [--rows 15] [--data-dir D]
+        [--threads 1] [--steps 5] [--rows 15] [--data-dir D] [--dtype fp32|bf16|auto]
     python benchmarks/profile_step.py --preset omniglot_1shot --eval-tasks 64 [--threads 2]
 
 Built-in glyphs data unless ``--data-dir``.  The step is the one ``throughput.py`` times
@@ -12,7 +12,12 @@ Built-in glyphs data unless ``--data-dir``.  The step is the one ``throughput.py
 after 3 warm-up steps.  With ``--eval-tasks N``: the evaluation's calls (SPEC §5: sampling,
 ``generate`` per task batch, ``classify`` per query batch) of the untrained model on N test tasks,
 serially in this thread (the profiler does not see ``evaluate_model``'s worker threads), after
-one untimed task batch; times are per task.
+one untimed task batch; times are per task.  ``--dtype`` (default fp32) as ``train`` and
+``evaluate`` take it (:mod:`hypertransformer.precision`).
+
+The profiler's own overhead is not uniform: on some hosts it inflates the operators that
+write large fresh tensors (``fill_``, the first convolution) several times over, so compare
+profiles with each other, and with ``throughput.py``'s unprofiled times, not with wall time.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from hypertransformer.data.sampler import EpisodeSampler
 from hypertransformer.evaluation.evaluator import CLASSIFY_IMAGES
 from hypertransformer.evaluation.protocol import sample_tasks
 from hypertransformer.model import HyperTransformer
+from hypertransformer.precision import resolve_precision
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,12 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--rows", type=int, default=15)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--dtype", choices=("fp32", "bf16", "auto"), default="fp32")
     p.add_argument("--eval-tasks", type=int, default=0,
                    help="profile the evaluation of this many tasks instead of training steps")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.seed = 0
-    cfg = build_config(args)
+    cfg = build_config(args).replace(dtype=args.dtype)
+    precision = resolve_precision(cfg.dtype, training=not args.eval_tasks)
     if args.eval_tasks:
         # The evaluator's work (SPEC §5) done serially in this thread, which the profiler sees
         # (it does not record the evaluator's worker threads): tasks drawn as many at a time
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             for first in range(0, tasks, per_call):
                 batch = sample_tasks(sampler, first, min(per_call, tasks - first),
                                      cfg.num_eval_batches, seed=0)
-                with torch.no_grad():
+                with torch.no_grad(), precision.autocast("cpu"):
                     weights = model.generate(batch.support_x, batch.support_y,
                                              batch.support_mask)
                     for b in range(cfg.num_eval_batches):
@@ -88,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         what = f"{args.episodes_per_step} episodes/step"
     averages = prof.key_averages()
     total_ms = sum(e.self_cpu_time_total for e in averages) / 1000 / per
-    print(f"{args.preset} on {args.data_dir or 'glyphs'}, {what}, {args.threads} thread(s): "
-          f"self CPU time {total_ms:.1f} ms per {unit}")
+    print(f"{args.preset} on {args.data_dir or 'glyphs'}, {what}, {args.threads} thread(s), "
+          f"{precision.name}: self CPU time {total_ms:.1f} ms per {unit}")
     print(f"{'operator':<48}{f'ms/{unit}':>10}{f'calls/{unit}':>12}")
     for e in sorted(averages, key=lambda e: -e.self_cpu_time_total)[:args.rows]:
         print(f"{e.key[:47]:<48}{e.self_cpu_time_total / 1000 / per:>10.1f}"

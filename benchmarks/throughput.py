@@ -11,13 +11,16 @@ preset's own datasets read from that folder (e.g. the Omniglot zips).
 Training is measured as the ``train`` command runs it by default: through
 ``training.launch.run_training`` (the trainer itself), on ``--nproc`` processes (default:
 ``train``'s, the usable cores, at most T) with one intra-op thread each, or in this process
-with torch's default threads when P = 1, in the dtype of the preset's ``mixed_precision``.
-``--threads`` changes the intra-op threads per process.  Measured, in this order:
+with torch's default threads when P = 1.  ``--threads`` changes the intra-op threads per
+process.  Training and evaluation are measured twice, side by side: with ``dtype=fp32`` and
+with ``dtype=auto`` (the default; :mod:`hypertransformer.precision`), whose choice and reason
+are reported with the CPU's bf16 flags.  Measured, in this order:
 
-* ``episodes_per_s``, ``step_ms``: whole training steps (sampling, forward, backward, the
-  ranks' all-reduces, optimiser step) after ``--warmup`` untimed steps: the trainer's own
-  step time (``wall_time`` of ``metrics.jsonl``; held-out evaluations and checkpoints are
-  not in it);
+* ``episodes_per_s``, ``step_ms`` (auto; ``fp32_episodes_per_s``, ``fp32_step_ms``;
+  ``dtype`` the trainer's choice, ``auto_speedup`` = auto / fp32): whole training steps
+  (sampling, forward, backward, the ranks' all-reduces, optimiser step) after ``--warmup``
+  untimed steps: the trainer's own step time (``wall_time`` of ``metrics.jsonl``; held-out
+  evaluations and checkpoints are not in it);
 * ``baseline_episodes_per_s``: the same for the original recipe in the same run: one episode
   per step, fp32, one process (torch's default threads); ``speedup`` = ours / that;
 * ``sampling_episodes_per_s``: episodes drawn by the training sampler alone (this process);
@@ -27,9 +30,10 @@ with torch's default threads when P = 1, in the dtype of the preset's ``mixed_pr
   the episodes) times steps per second;
 * ``peak_gflops``: the best fp32 matmul rate of large square matrices on all usable cores,
   measured in the same run; ``ratio = gflops / peak_gflops``;
-* ``eval_s``: the SPEC §5 evaluation (``evaluate_model``: ``--eval-tasks`` × the preset's
-  ``num_eval_batches`` (16) × ``eval_batch_size`` (100) queries) of the untrained model on
-  the test split (0 skips it), in this process with all usable cores;
+* ``eval_s`` (auto, in ``eval_dtype``; ``fp32_eval_s``): the SPEC §5 evaluation
+  (``evaluate_model``: ``--eval-tasks`` × the preset's ``num_eval_batches`` (16) ×
+  ``eval_batch_size`` (100) queries) of the untrained model on the test split (0 skips it),
+  in this process with all usable cores;
 * ``peak_rss_mb``: the peak resident memory of the largest process (this one or a rank;
   ``resource.getrusage``): the total is at most ``nproc`` times it.
 
@@ -57,7 +61,8 @@ from hypertransformer.data.registry import load_split
 from hypertransformer.data.sampler import EpisodeSampler
 from hypertransformer.evaluation.evaluator import evaluate_model
 from hypertransformer.model import HyperTransformer
-from hypertransformer.training.distributed import MIXED_PRECISION, shard_sizes
+from hypertransformer.precision import cpu_name, native_bf16, resolve_precision
+from hypertransformer.training.distributed import shard_sizes
 from hypertransformer.training.launch import Job, run_training, usable_cores
 from hypertransformer.training.trainer import build_optimizer
 
@@ -144,16 +149,18 @@ def peak_matmul_gflops(size: int = PEAK_SIZE, seconds: float = PEAK_SECONDS) -> 
 def training_step(cfg: Config, seed: int) -> tuple[Callable[[], None], EpisodeSampler,
                                                    HyperTransformer]:
     """``(step, sampler, model)``: ``step()`` is one training step of ``cfg`` (sampling,
-    forward, backward, optimiser step) on a fresh model."""
+    forward under ``cfg.dtype``, backward, optimiser step) on a fresh model."""
     torch.manual_seed(seed)
+    precision = resolve_precision(cfg.dtype, training=True)
     sampler = EpisodeSampler.from_config(load_split(cfg, "train"), cfg, train=True, seed=seed)
     model = HyperTransformer(cfg).train()
     optimizer, _ = build_optimizer(model, cfg)
 
     def step() -> None:
         batch = sampler.sample(cfg.episodes_per_step)
-        out = model.loss(batch.support_x, batch.support_y, batch.query_x, batch.query_y,
-                         support_mask=batch.support_mask, classes=batch.classes)
+        with precision.autocast("cpu"):
+            out = model.loss(batch.support_x, batch.support_y, batch.query_x, batch.query_y,
+                             support_mask=batch.support_mask, classes=batch.classes)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
@@ -162,10 +169,11 @@ def training_step(cfg: Config, seed: int) -> tuple[Callable[[], None], EpisodeSa
 
 
 def train_seconds_per_step(cfg: Config, nproc: int, threads: int | None, steps: int,
-                           warmup: int) -> float:
-    """Seconds per training step of ``cfg`` as ``train`` runs it on ``nproc`` processes
-    (``threads`` intra-op threads each; None: ``train``'s default): the trainer's own step time
-    over ``steps`` steps after ``warmup``, read from its ``metrics.jsonl``."""
+                           warmup: int) -> tuple[float, str]:
+    """(seconds per training step, dtype) of ``cfg`` as ``train`` runs it on ``nproc``
+    processes (``threads`` intra-op threads each; None: ``train``'s default): the trainer's own
+    step time over ``steps`` steps after ``warmup`` and the dtype it chose, read from its
+    ``metrics.jsonl``."""
     default_threads = torch.get_num_threads()
     saved_env = os.environ.get("OMP_NUM_THREADS")
     if threads is not None:
@@ -185,7 +193,7 @@ def train_seconds_per_step(cfg: Config, nproc: int, threads: int | None, steps: 
         else:
             os.environ["OMP_NUM_THREADS"] = saved_env
     wall = {line["step"]: line["wall_time"] for line in lines}
-    return (wall[warmup + steps] - wall.get(warmup, 0.0)) / steps
+    return (wall[warmup + steps] - wall.get(warmup, 0.0)) / steps, lines[-1]["dtype"]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -194,15 +202,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     nproc = min(usable_cores(), t) if args.nproc is None else args.nproc
     threads = args.threads or (1 if nproc > 1 else torch.get_num_threads())
     # the original recipe first: one episode per step, fp32, one process, default threads
-    baseline_s = train_seconds_per_step(
-        cfg.replace(episodes_per_step=1, mixed_precision="none"), 1, None, args.steps,
-        args.warmup)
-    step_s = train_seconds_per_step(cfg, nproc, args.threads, args.steps, args.warmup)
+    baseline_s, _ = train_seconds_per_step(
+        cfg.replace(episodes_per_step=1, dtype="fp32"), 1, None, args.steps, args.warmup)
+    fp32_s, _ = train_seconds_per_step(cfg.replace(dtype="fp32"), nproc, args.threads,
+                                       args.steps, args.warmup)
+    step_s, dtype = train_seconds_per_step(cfg.replace(dtype="auto"), nproc, args.threads,
+                                           args.steps, args.warmup)
 
     torch.set_num_threads(threads)
     # FLOPs grow linearly with the episodes: count one rank's step (its share of T) and scale
     shard = shard_sizes(t, nproc)[0]
-    step, sampler, model = training_step(cfg.replace(episodes_per_step=shard), args.seed)
+    step, sampler, model = training_step(cfg.replace(episodes_per_step=shard, dtype="fp32"),
+                                         args.seed)
     start = time.perf_counter()
     for _ in range(args.steps):
         sampler.sample(t)
@@ -216,14 +227,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     peak = peak_matmul_gflops()
     steps_per_s = 1 / step_s
     gflops = flops * steps_per_s / 1e9
-    eval_s = 0.0
+    evals = {"fp32": (0.0, "fp32"), "auto": (0.0, "fp32")}
     if args.eval_tasks:
         torch.manual_seed(args.seed)
         model = HyperTransformer(cfg)
-        result = evaluate_model(model, cfg, load_split(cfg, "test"), num_tasks=args.eval_tasks,
-                                num_batches=cfg.num_eval_batches,
-                                batch_size=cfg.eval_batch_size, seed=args.seed)
-        eval_s = result.seconds
+        for name in evals:
+            result = evaluate_model(model, cfg.replace(dtype=name), load_split(cfg, "test"),
+                                    num_tasks=args.eval_tasks, num_batches=cfg.num_eval_batches,
+                                    batch_size=cfg.eval_batch_size, seed=args.seed)
+            evals[name] = (result.seconds, result.dtype)
     rss = max(resource.getrusage(who).ru_maxrss
               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     return {
@@ -231,11 +243,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "data": "glyphs" if args.data_dir is None else args.data_dir,
         "nproc": nproc,
         "threads": threads,
-        "dtype": str(MIXED_PRECISION[cfg.mixed_precision] or torch.float32).split(".")[-1],
+        "cpu": cpu_name(),
+        "bf16_flags": native_bf16(),
+        "dtype": dtype,
+        "dtype_reason": resolve_precision("auto", training=True).reason,
         "episodes_per_step": t,
         "steps": args.steps,
         "episodes_per_s": t * steps_per_s,
         "step_ms": 1000 * step_s,
+        "fp32_episodes_per_s": t / fp32_s,
+        "fp32_step_ms": 1000 * fp32_s,
+        "auto_speedup": fp32_s / step_s,
         "baseline_episodes_per_s": 1 / baseline_s,
         "speedup": t * steps_per_s * baseline_s,
         "sampling_episodes_per_s": t * args.steps / sampling_s,
@@ -246,7 +264,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "eval_tasks": args.eval_tasks,
         "eval_batches": cfg.num_eval_batches,
         "eval_batch_size": cfg.eval_batch_size,
-        "eval_s": eval_s,
+        "eval_s": evals["auto"][0],
+        "eval_dtype": evals["auto"][1],
+        "fp32_eval_s": evals["fp32"][0],
         "peak_rss_mb": rss / 1024,
     }
 
@@ -254,8 +274,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def report(r: dict[str, Any]) -> str:
     return "\n".join([
         f"{r['preset']} on {r['data']}, {r['nproc']} process(es) × {r['threads']} thread(s), "
-        f"{r['dtype']}, {r['episodes_per_step']} episodes/step, {r['steps']} steps",
-        f"train      {r['episodes_per_s']:9.1f} episodes/s  ({r['step_ms']:.1f} ms/step)",
+        f"{r['episodes_per_step']} episodes/step, {r['steps']} steps",
+        f"cpu        {r['cpu']}; native bf16: {', '.join(r['bf16_flags']) or 'none'}",
+        f"dtype auto {r['dtype']} for training, {r['eval_dtype']} for the evaluation "
+        f"({r['dtype_reason']})",
+        f"train      {r['episodes_per_s']:9.1f} episodes/s  ({r['step_ms']:.1f} ms/step, auto: "
+        f"{r['dtype']}); fp32 {r['fp32_episodes_per_s']:.1f} ({r['fp32_step_ms']:.1f} ms); "
+        f"auto/fp32 {r['auto_speedup']:.2f}",
         f"baseline   {r['baseline_episodes_per_s']:9.1f} episodes/s  (1 episode/step, float32, "
         f"1 process); speedup {r['speedup']:.2f}",
         f"sampling   {r['sampling_episodes_per_s']:9.1f} episodes/s",
@@ -263,7 +288,7 @@ def report(r: dict[str, Any]) -> str:
         f"peak       {r['peak_gflops']:9.2f} GFLOP/s   (fp32 matmul {PEAK_SIZE}²)",
         f"ratio      {r['ratio']:9.3f}",
         f"evaluation {r['eval_s']:9.1f} s         ({r['eval_tasks']} tasks × {r['eval_batches']} × "
-        f"{r['eval_batch_size']})",
+        f"{r['eval_batch_size']}, auto: {r['eval_dtype']}); fp32 {r['fp32_eval_s']:.1f} s",
         f"peak RSS   {r['peak_rss_mb']:9.0f} MB    (largest process)",
     ])
 

@@ -74,7 +74,14 @@ def test_tiny_run_prints_json_last(tmp_path, nproc):
     assert any(line.startswith("baseline") for line in lines[:-1])
     result = json.loads(lines[-1])
     assert KEYS <= set(result)
-    assert (result["nproc"], result["threads"], result["dtype"]) == (nproc, 1, "float32")
+    assert (result["nproc"], result["threads"]) == (nproc, 1)
+    # auto's choices, whatever this host has, beside fp32 in the same run
+    assert result["dtype"] in ("fp32", "bf16") and result["eval_dtype"] in ("fp32", "bf16")
+    assert result["dtype_reason"].startswith("auto") and isinstance(result["bf16_flags"], list)
+    assert any(line.startswith("dtype auto") for line in lines[:-1])
+    assert result["auto_speedup"] == pytest.approx(
+        result["episodes_per_s"] / result["fp32_episodes_per_s"])
+    assert result["fp32_eval_s"] > 0
     assert (result["episodes_per_step"], result["eval_tasks"]) == (2, 2)
     for key in ("episodes_per_s", "gflops", "peak_gflops", "eval_s", "peak_rss_mb",
                 "sampling_episodes_per_s", "baseline_episodes_per_s"):
@@ -86,19 +93,20 @@ def test_tiny_run_prints_json_last(tmp_path, nproc):
 
 def test_defaults_are_trains(throughput, monkeypatch):
     """Without --nproc and --threads: train's processes (the cores, at most T), 1 thread each
-    when there are several; the dtype of the preset's mixed_precision."""
+    when there are several; fp32, then auto."""
     monkeypatch.setattr(throughput, "usable_cores", lambda: 2)
     seen = []
     monkeypatch.setattr(throughput, "train_seconds_per_step",
                         lambda cfg, nproc, threads, steps, warmup:
-                        seen.append((cfg.episodes_per_step, cfg.mixed_precision, nproc,
-                                     threads)) or 0.5)
+                        seen.append((cfg.episodes_per_step, cfg.dtype, nproc,
+                                     threads)) or (0.5, "fp32"))
     monkeypatch.setattr(throughput, "peak_matmul_gflops", lambda: 100.0)
     args = throughput.parse_args(["--preset", "glyphs_demo", "--episodes-per-step", "4",
                                   "--steps", "1", "--eval-tasks", "0"])
     result = throughput.run(args)
-    assert seen == [(1, "none", 1, None), (4, "none", 2, None)]  # baseline, then ours
-    assert (result["nproc"], result["threads"], result["dtype"]) == (2, 1, "float32")
+    # the baseline, then ours in fp32 and in auto
+    assert seen == [(1, "fp32", 1, None), (4, "fp32", 2, None), (4, "auto", 2, None)]
+    assert (result["nproc"], result["threads"], result["dtype"]) == (2, 1, "fp32")
     assert result["speedup"] == pytest.approx(4.0)
 
 
@@ -114,7 +122,7 @@ def test_profile_step_prints_per_operator_times(extra, unit, what):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith(f"glyphs_demo on glyphs, {what}")
-    assert lines[0].endswith(f"ms per {unit}") and "1 thread(s): self CPU time" in lines[0]
+    assert lines[0].endswith(f"ms per {unit}") and "1 thread(s), fp32: self CPU time" in lines[0]
     assert lines[1].split() == ["operator", f"ms/{unit}", f"calls/{unit}"]
     assert len(lines) == 2 + 4
     assert all(float(line.split()[-2]) >= 0 for line in lines[2:])

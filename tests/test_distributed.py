@@ -45,7 +45,8 @@ T = 3  # episodes per step, in total
 TINY = dict(num_labels=5, samples_transformer=5, samples_cnn=10, default_num_channels=4,
             num_layerwise_features=4, embedding_dim=8, num_layers=1, heads=1,
             shared_feature_extractor="2-layer", shared_features_dim=8, optimizer="sgd",
-            learning_rate=0.02, steps_between_saves=1000, seed=3)
+            learning_rate=0.02, steps_between_saves=1000, seed=3,
+            dtype="fp32")  # fp32 on every host: the union's batch shapes round bf16 otherwise
 LOG_EVERY = 1
 HELDOUT_EPISODES = 4
 
@@ -207,10 +208,10 @@ def test_device_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert cli.main(["train", "--preset", "glyphs_demo", "--log-dir", str(tmp_path),
                      "--device", "cuda"]) == 2
     assert "CUDA is not available here" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="mixed_precision=bf16 needs device=cuda"):
-        train(config.replace(mixed_precision="bf16"), tmp_path)
-    with pytest.raises(ValueError, match="mixed_precision must be one of none, bf16, fp16"):
-        train(config.replace(mixed_precision="fp8"), tmp_path)
+    with pytest.raises(ValueError, match="dtype=fp16 needs device=cuda"):
+        train(config.replace(dtype="fp16"), tmp_path)
+    with pytest.raises(ValueError, match="dtype must be one of auto, fp32, bf16, fp16"):
+        train(config.replace(dtype="fp8"), tmp_path)
     with pytest.raises(ValueError, match="device must be cpu, cuda or cuda:<index>"):
         train(config.replace(device="tpu"), tmp_path)
     assert not list(tmp_path.iterdir())  # refused before anything was written

@@ -50,8 +50,10 @@ def tiny_config(**overrides: object):  # noqa: ANN201
 
 @pytest.fixture(scope="module")
 def ht() -> FewShotModel:
+    """fp32, whatever the host: these tests compare code paths exactly (bf16 against fp32:
+    test_precision.py)."""
     torch.manual_seed(0)
-    return FewShotModel(HyperTransformer(tiny_config()))
+    return FewShotModel(HyperTransformer(tiny_config()), dtype="fp32")
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ def test_generate_then_predict_json(files: dict[str, Path], tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "models" / "cnn.pt"
     code, stdout, _ = run(capsys, "generate", "--model", files["run"], "--support",
-                          files["support"], "--out", out)
+                          files["support"], "--out", out, "--dtype", "fp32")
     assert code == 0 and out.is_file()
     assert f"wrote {out}: 3 classes (alpha, beta, gamma) from 6 images" in stdout
     queries = sorted(str(p) for p in files["queries"].iterdir())
@@ -85,7 +85,8 @@ def test_generate_then_predict_json(files: dict[str, Path], tmp_path: Path,
         assert r["top_k"][0]["probability"] >= r["top_k"][1]["probability"]
     # the same as the API: fit on the folder's files, then predict_proba
     support = sorted(files["support"].glob("*/*.png"))
-    clf = hypertransformer.load(files["run"]).fit(support, [p.parent.name for p in support])
+    clf = hypertransformer.load(files["run"], dtype="fp32").fit(support,
+                                                                [p.parent.name for p in support])
     proba = clf.predict_proba(queries)
     assert [r["label"] for r in results] == clf.predict(queries)
     assert np.allclose([r["probability"] for r in results], proba.max(1).values, atol=1e-6)

@@ -48,9 +48,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEADLINE = 300.0  # seconds; generous, starting the ranks takes a few on an idle machine
 T, NPROC = 3, 2
 # glyphs_demo made tiny; no dropout and plain SGD, so that one process on the union of the
-# ranks' episodes makes the same updates up to rounding (docs/distributed.md).
+# ranks' episodes makes the same updates up to rounding (docs/distributed.md); fp32 on every
+# host (bf16 rounding depends on the batch shapes, which differ between the two).
 TINY = ["--episodes-per-step", str(T), "--nproc", str(NPROC), "--log-every", "1",
-        "--no-progress",
+        "--no-progress", "--dtype", "fp32",
         *(arg for kv in ("samples_cnn=10", "default_num_channels=4", "num_layerwise_features=4",
                          "embedding_dim=8", "num_layers=1", "heads=1", "optimizer=sgd",
                          "learning_rate=0.05", "steps_between_saves=1000")

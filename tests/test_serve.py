@@ -58,7 +58,7 @@ def serve() -> ModuleType:
 def client(serve: ModuleType, files: Files) -> Any:
     """The app of the tiny 5-way model, with small limits: 3 pictures per class, 64 KiB per
     request, the 3 most recent classifiers kept."""
-    app = serve.create_app(hypertransformer.load(files["run"]), "tiny", keep=3,
+    app = serve.create_app(hypertransformer.load(files["run"], dtype="fp32"), "tiny", keep=3,
                            max_upload_bytes=2**16, max_images_per_class=3)
     return app.test_client()
 
@@ -108,7 +108,8 @@ def test_generate_classify_download(client: Any, files: Files, tmp_path: Path) -
     download is that CNN with its class names."""
     answer = generate(client, support(files)).get_json()
     assert answer["classes"] == CLASSES and answer["images"] == 6
-    expected = hypertransformer.load(files["run"]).fit(*support_folder(files["support"]))
+    expected = hypertransformer.load(files["run"], dtype="fp32").fit(
+        *support_folder(files["support"]))
     tensors = list(expected.buffers())
     assert answer["weights"] == sum(t.numel() for t in tensors)
     assert answer["bytes"] == 4 * answer["weights"] and answer["generate_ms"] > 0

@@ -102,7 +102,7 @@ def test_outputs_of_a_run(reference: Path) -> None:
     assert [r["step"] for r in records] == [2, 4, 6]
     for r in records:
         assert set(r) == {"step", "episodes", "wall_time", "loss", "accuracy", "lr",
-                          "episodes_per_s", "heldout_accuracy"}
+                          "episodes_per_s", "heldout_accuracy", "dtype"}
         assert r["episodes"] == 2 * r["step"]
         assert r["lr"] == pytest.approx(1e-3 * 0.5 ** (r["step"] / 4))
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["heldout_accuracy"] <= 1

@@ -139,7 +139,7 @@ class Config:
     episodes_per_step: int = 1  # (ours) T episodes processed by one optimiser step
     seed: int = 0  # (ours)
     device: str = "cpu"  # (ours) cpu | cuda | cuda:<i>; under torchrun cuda means cuda:LOCAL_RANK
-    mixed_precision: str = "none"  # (ours) none | bf16 | fp16: torch.autocast, CUDA only
+    dtype: str = "auto"  # (ours) auto | fp32 | bf16 | fp16 (CUDA): hypertransformer.precision
 
     # ---- evaluation (SPEC §5) -----------------------------------------------------------
     num_task_evals: int = 1024
@@ -158,6 +158,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
+        """The config of a ``to_dict``; that of an older release too, whose
+        ``mixed_precision`` (none | bf16 | fp16) ``dtype`` replaced: none becomes the default."""
+        values = dict(values)
+        legacy = values.pop("mixed_precision", "none")
+        if legacy != "none":
+            values.setdefault("dtype", legacy)
         return cls().replace(**values)
 
     @property

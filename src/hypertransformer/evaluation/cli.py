@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hypertransformer.errors import require_directory, require_positive
+from hypertransformer.precision import add_dtype_argument
 
 # Default protocol of the demo: the glyphs_demo preset's 256 tasks, 4 query batches of 100.
 DEMO_TASKS = 256
@@ -68,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--unlabeled", type=int, default=None,
                    help="unlabelled support samples per class beside the same labelled shots "
                         "(default: the checkpoint's unlabeled_samples_per_class)")
+    add_dtype_argument(p)
     p.add_argument("--json", action="store_true",
                    help="print the result record as JSON on the last line")
     p.add_argument("--watch", action="store_true",
@@ -169,7 +171,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                                    ("cht_eval_tasks", args.sequence_length),
                                    ("unlabeled_samples_per_class", args.unlabeled),
                                    ("cht_recompute_prototypes",
-                                    args.recompute_prototypes or None)] if v is not None}
+                                    args.recompute_prototypes or None),
+                                   ("dtype", args.dtype)] if v is not None}
     if args.watch:
         if args.log_dir is None:
             raise ValueError("--watch needs --log-dir")

@@ -34,6 +34,7 @@ from hypertransformer.data.base import ClassDataset
 from hypertransformer.data.sampler import EpisodeSampler, SequenceSampler
 from hypertransformer.evaluation.protocol import confidence_interval, sample_tasks
 from hypertransformer.model.continual import TaskStream
+from hypertransformer.precision import resolve_precision
 
 # Sequences per call (a speed/memory knob; it does not change the result).
 SEQUENCES_PER_CALL = 8
@@ -83,6 +84,7 @@ def evaluate_continual(model: nn.Module, config: Config, dataset: ClassDataset, 
     sampler = SequenceSampler(episodes, num_tasks, config.cht_scenario)
     recompute = config.cht_recompute_prototypes if recompute is None else recompute
     device = next(model.parameters()).device
+    precision = resolve_precision(config.dtype, device)
     accuracy = np.zeros((num_sequences, num_tasks, num_tasks))
     was_training = model.training
     model.eval()
@@ -93,7 +95,7 @@ def evaluate_continual(model: nn.Module, config: Config, dataset: ClassDataset, 
             batch = sample_tasks(sampler, first, count, num_batches, seed).to(device)
             stream = TaskStream(model, recompute, config.cht_scenario)
             acc = torch.zeros(count, num_tasks, num_tasks)
-            with torch.no_grad():
+            with torch.no_grad(), precision.autocast(device):
                 for t in range(num_tasks):
                     task = batch.task(t)
                     stream.learn(task.support_x, task.support_y, task.support_mask)
@@ -113,5 +115,5 @@ def evaluate_continual(model: nn.Module, config: Config, dataset: ClassDataset, 
         "trained_tasks_per_sequence": config.cht_tasks,
         "num_batches": num_batches, "batch_size": batch_size,
         "accuracy": record["final_accuracy"], "ci95": record["final_accuracy_ci95"],
-        **record, "seconds": time.perf_counter() - start,
+        **record, "seconds": time.perf_counter() - start, "dtype": precision.name,
     }

@@ -47,6 +47,7 @@ from hypertransformer.evaluation.protocol import confidence_interval, sample_tas
 from hypertransformer.model import HyperTransformer
 from hypertransformer.model.continual import EpisodeClassifier
 from hypertransformer.model.hypertransformer import GeneratedWeights
+from hypertransformer.precision import Precision, resolve_precision
 from hypertransformer.training.checkpoint import (
     CHECKPOINT_DIR,
     MODEL_FIELDS,
@@ -83,16 +84,17 @@ class EvalResult:
     batch_size: int
     task_accuracies: list[float] = field(repr=False)  # mean over each task's query batches
     seconds: float = 0.0
+    dtype: str = "fp32"  # the compute dtype (precision.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def _batch_accuracy(model: HyperTransformer, batch: EpisodeBatch, weights: GeneratedWeights,
-                    batch_size: int, b: int) -> torch.Tensor:
+                    batch_size: int, precision: Precision, b: int) -> torch.Tensor:
     """The accuracy of each task of ``batch`` on its query batch ``b`` (no gradients)."""
     chunk = slice(b * batch_size, (b + 1) * batch_size)
-    with torch.no_grad():  # per thread
+    with torch.no_grad(), precision.autocast(batch.query_x.device):  # per thread
         logits = model.classify(batch.query_x[:, chunk], weights)
     return (logits.argmax(-1) == batch.query_y[:, chunk]).float().mean(dim=1)
 
@@ -121,6 +123,7 @@ def evaluate_model(model: HyperTransformer, config: Config, dataset: ClassDatase
         tasks_per_call = max(1, min(CLASSIFY_IMAGES // batch_size,
                                     QUERY_BYTES // (image_bytes * batch_size * num_batches)))
     device = next(model.parameters()).device
+    precision = resolve_precision(config.dtype, device)
     chunks = [(first, min(tasks_per_call, num_tasks - first))
               for first in range(0, num_tasks, tasks_per_call)]
     was_training = model.training
@@ -140,10 +143,11 @@ def evaluate_model(model: HyperTransformer, config: Config, dataset: ClassDatase
                 batch = pending.result().to(device)
                 if i + 1 < len(chunks):
                     pending = draw(i + 1)
-                with torch.no_grad():
+                with torch.no_grad(), precision.autocast(device):
                     weights = model.generate(batch.support_x, batch.support_y,
                                              batch.support_mask)
-                accuracy = functools.partial(_batch_accuracy, model, batch, weights, batch_size)
+                accuracy = functools.partial(_batch_accuracy, model, batch, weights, batch_size,
+                                             precision)
                 correct = sum(workers.map(accuracy, range(num_batches)),
                               torch.zeros(count, device=device))
                 accuracies.extend((correct / num_batches).tolist())
@@ -152,7 +156,7 @@ def evaluate_model(model: HyperTransformer, config: Config, dataset: ClassDatase
     mean, ci95 = confidence_interval(accuracies)
     return EvalResult(accuracy=mean, ci95=ci95, num_tasks=num_tasks, num_batches=num_batches,
                       batch_size=batch_size, task_accuracies=accuracies,
-                      seconds=time.perf_counter() - start)
+                      seconds=time.perf_counter() - start, dtype=precision.name)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------

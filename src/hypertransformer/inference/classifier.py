@@ -37,6 +37,7 @@ from hypertransformer.inference.images import Images, Preprocessing, check_ink
 from hypertransformer.model.cnn import ConvLayer, ConvSpec, LayerWeights, conv_block, last_features
 from hypertransformer.model.hypertransformer import GeneratedWeights, HyperTransformer
 from hypertransformer.model.ops import BN_EPS
+from hypertransformer.precision import FP32, Precision, fp32, resolve_precision
 
 METADATA_FILE = "hypertransformer.json"  # the extra file of an exported TorchScript model
 METADATA_FORMAT = "hypertransformer-classifier/1"
@@ -45,10 +46,13 @@ Statistics = list[tuple[Tensor, Tensor]]  # BatchNorm (mean, var) of each layer
 
 
 class TrainedModel:
-    """What :func:`~.pretrained.load` gives: a trained model in eval mode, its config and the
-    preprocessing of user images that the config implies."""
+    """What :func:`~.pretrained.load` gives: a trained model in eval mode, its config, the
+    preprocessing of user images that the config implies, and the compute dtype of what it
+    runs (``dtype``: :mod:`hypertransformer.precision`, resolved for inference)."""
 
-    model: nn.Module
+    def __init__(self, model: nn.Module, dtype: str = "auto") -> None:
+        self.model = model.eval()
+        self.precision = resolve_precision(dtype, next(model.parameters()).device)
 
     @property
     def config(self) -> Config:
@@ -62,8 +66,8 @@ class TrainedModel:
 class FewShotModel(TrainedModel):
     """A trained HyperTransformer that writes a classifier for a few labelled images."""
 
-    def __init__(self, model: HyperTransformer) -> None:
-        self.model = model.eval()
+    def __init__(self, model: HyperTransformer, dtype: str = "auto") -> None:
+        super().__init__(model, dtype)
 
     def fit(self, images: Images, labels: Labels, *, ink: str = "auto") -> GeneratedClassifier:
         """The classifier generated from the support set ``images`` labelled ``labels``.
@@ -74,11 +78,12 @@ class FewShotModel(TrainedModel):
         """
         x, y, classes = read_support(self.preprocessing, images, labels, ink,
                                      self.config.num_labels)
-        with torch.no_grad():
+        with torch.no_grad(), self.precision.autocast(x.device):
             weights = self.model.generate(x[None], y[None])
             cnn = GeneratedCNN.from_generated(self.model, weights, len(classes))
             cnn.fit_statistics(x)
-        return GeneratedClassifier(cnn, classes, self.preprocessing, ink).eval()
+        return GeneratedClassifier(cnn, classes, self.preprocessing, ink,
+                                   self.precision).eval()
 
 
 def read_support(preprocessing: Preprocessing, images: Images, labels: Labels, ink: str,
@@ -172,7 +177,7 @@ class GeneratedCNN(nn.Module):
         support pass of :meth:`HyperTransformer.generate` computed them."""
         for layer in self.layers:
             x = layer.conv(x)
-            var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+            var, mean = torch.var_mean(x.to(layer.mean.dtype), dim=(0, 2, 3), unbiased=False)
             layer.mean.copy_(mean)
             layer.var.copy_(var)
             x = layer.normalize(x)
@@ -186,27 +191,31 @@ class GeneratedCNN(nn.Module):
         (those of another support pass, as :meth:`statistics` gives them)."""
         for i, layer in enumerate(self.layers):
             x = layer.normalize(layer.conv(x), None if statistics is None else statistics[i])
-        return torch.addmm(self.logits_bias, last_features(x, 1, self.flatten)[0],
-                           self.logits_weight)
+        return fp32(torch.addmm)(self.logits_bias, last_features(x, 1, self.flatten)[0],
+                                 self.logits_weight)
 
 
 class GeneratedClassifier(nn.Module):
     """A generated CNN with its class names and preprocessing: ``clf(images)`` -> logits
     ``[B, classes]``, :meth:`predict` -> class names, :meth:`predict_proba` -> probabilities.
     ``images`` are anything :class:`Preprocessing` reads; ``ink`` overrides the default
-    polarity of the classifier (the one given to ``fit``)."""
+    polarity of the classifier (the one given to ``fit``); ``precision`` is the compute dtype
+    of its predictions (that of the model that fitted it; a saved file is float32)."""
 
     def __init__(self, cnn: nn.Module, class_names: list[Hashable],
-                 preprocessing: Preprocessing, ink: str = "auto") -> None:
+                 preprocessing: Preprocessing, ink: str = "auto",
+                 precision: Precision = FP32) -> None:
         super().__init__()
         self.cnn = cnn
         self.class_names = class_names
         self.preprocessing = preprocessing
         self.ink = ink
+        self.precision = precision
 
     def forward(self, images: Images, ink: str | None = None) -> Tensor:
-        with torch.no_grad():
-            return self.cnn(self.preprocessing(images, ink or self.ink))
+        x = self.preprocessing(images, ink or self.ink)
+        with torch.no_grad(), self.precision.autocast(x.device):
+            return self.cnn(x)
 
     def predict_proba(self, images: Images, ink: str | None = None) -> Tensor:
         return self(images, ink).softmax(-1)

@@ -10,6 +10,7 @@ from pathlib import Path
 from hypertransformer.inference.classifier import load_classifier
 from hypertransformer.inference.images import INK_MODES
 from hypertransformer.inference.pretrained import FEW_SHOT_PRETRAINED, load_few_shot
+from hypertransformer.precision import add_dtype_argument
 
 SAVE_SUFFIXES = (".pt", ".onnx")
 
@@ -42,7 +43,7 @@ def _generate(args: argparse.Namespace) -> int:
     if out.suffix not in SAVE_SUFFIXES:
         raise ValueError(f"--out {out}: use a .pt (TorchScript) or .onnx file name")
     files, labels = support_folder(args.support)
-    clf = load_few_shot(args.model).fit(files, labels, ink=args.ink)
+    clf = load_few_shot(args.model, dtype=args.dtype or "auto").fit(files, labels, ink=args.ink)
     out.parent.mkdir(parents=True, exist_ok=True)
     clf.save(out)
     names = ", ".join(map(str, clf.class_names))
@@ -91,6 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True,
                    help="the classifier: .pt (TorchScript, for predict) or .onnx")
     p.add_argument("--ink", choices=INK_MODES, default="auto", help=ink_help)
+    add_dtype_argument(p)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("predict", help="classify images with a generated CNN",

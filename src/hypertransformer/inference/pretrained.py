@@ -56,12 +56,13 @@ def pretrained_path(name: str) -> Path:
     return path
 
 
-def load(model: str | Path) -> FewShotModel | ContinualModel:
+def load(model: str | Path, *, dtype: str = "auto") -> FewShotModel | ContinualModel:
     """A trained model: a pretrained name (:data:`PRETRAINED`), or what ``hypertransformer
     train`` wrote: a log directory (its latest checkpoint) or a ``ckpt-*.pt`` / ``best.pt``
     file.  A HyperTransformer gives a :class:`FewShotModel`, a Continual HT or ProtoNet a
     :class:`ContinualModel`.  A name wins over a directory of the same name (write ``./name``
-    for the directory)."""
+    for the directory).  ``dtype`` (auto | fp32 | bf16) is the compute dtype of what the
+    model runs (:mod:`hypertransformer.precision`)."""
     # Imported here: the training package pulls in TensorBoard, which only loading needs.
     from hypertransformer.training.checkpoint import CheckpointError, model_from_checkpoint
 
@@ -78,15 +79,15 @@ def load(model: str | Path) -> FewShotModel | ContinualModel:
                                   f"with hypertransformer.inference.load_stream") from None
         raise
     if isinstance(net, HyperTransformer) and config.model_type == "ht":
-        return FewShotModel(net)
+        return FewShotModel(net, dtype)
     if config.model_type in STREAM_MODELS:
-        return ContinualModel(net)
+        return ContinualModel(net, dtype)
     raise CheckpointError(f"{model} holds a {config.model_type!r} model; load() takes a "
                           f"HyperTransformer (model_type 'ht': fits classifiers) or a model "
                           f"that learns task after task ({', '.join(map(repr, STREAM_MODELS))})")
 
 
-def load_few_shot(model: str | Path) -> FewShotModel:
+def load_few_shot(model: str | Path, *, dtype: str = "auto") -> FewShotModel:
     """:func:`load` for what needs a HyperTransformer (``generate``, ``serve``): a continual
     model is refused with a message."""
     fits = ", ".join(FEW_SHOT_PRETRAINED)
@@ -94,7 +95,7 @@ def load_few_shot(model: str | Path) -> FewShotModel:
         raise ValueError(f"{model!r} is a continual model (it learns task after task: "
                          f"hypertransformer.load({str(model)!r}).stream()), not a "
                          f"HyperTransformer that fits a classifier; use one of {fits}")
-    loaded = load(model)
+    loaded = load(model, dtype=dtype)
     if not isinstance(loaded, FewShotModel):
         raise ValueError(f"{model} holds a {loaded.config.model_type!r} model, which learns "
                          f"task after task (hypertransformer.load(...).stream()); fitting a "

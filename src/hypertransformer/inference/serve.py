@@ -44,6 +44,7 @@ import torch
 from hypertransformer.data.image_folder import read_image
 from hypertransformer.inference.classifier import FewShotModel, GeneratedClassifier
 from hypertransformer.inference.pretrained import FEW_SHOT_PRETRAINED, load_few_shot
+from hypertransformer.precision import add_dtype_argument
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -196,8 +197,10 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be between 0 and 65535; got {args.port}")
     from werkzeug.serving import make_server
 
-    model = load_few_shot(args.model)  # a missing model fails here, before serving
     torch.set_num_threads(1)  # one core per request (docs/use.md, Speed)
+    # A missing model fails here, before serving.  fp32 by default: the page then shows
+    # exactly what the downloaded (float32) CNN gives.
+    model = load_few_shot(args.model, dtype=args.dtype or "fp32")
     app = create_app(model, str(args.model))
     try:
         # Bound here rather than by werkzeug, which exits on a busy port.
@@ -226,4 +229,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"checkpoint file")
     p.add_argument("--port", type=int, default=8000,
                    help="the port on 127.0.0.1 (8000; 0: any free port, printed)")
+    add_dtype_argument(p, default="fp32")
     p.set_defaults(func=_serve)

@@ -61,12 +61,12 @@ STREAM_MODELS = ("cht", "protonet")
 class ContinualModel(TrainedModel):
     """A trained Continual HT (or ProtoNet) that learns task after task: :meth:`stream`."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, dtype: str = "auto") -> None:
         if not isinstance(model, ContinualHyperTransformer | ProtoNet) or (
                 model.config.model_type not in STREAM_MODELS):
             raise ValueError(f"a stream needs a Continual HT or ProtoNet (model_type "
                              f"{' or '.join(STREAM_MODELS)}); got {type(model).__name__}")
-        self.model = model.eval()
+        super().__init__(model, dtype)
 
     def stream(self, scenario: str | None = None) -> Stream:
         """A new stream with nothing learned; ``scenario`` (task | class | minibatch) defaults
@@ -155,7 +155,7 @@ class Stream:
                     f"chunks of the same classes)")
             labels_of_task = list(range(len(classes)))
             index = [self.num_tasks * n + j for j in labels_of_task]
-        with torch.no_grad():
+        with torch.no_grad(), self.model.precision.autocast(x.device):
             learned = float(sum(c.sum() for c in self._tasks.counts))  # support images
             self._tasks.learn(x[None], torch.tensor(labels_of_task)[y][None])
             cnn = embedding_cnn(self.model.model, self._tasks.weights)
@@ -188,7 +188,7 @@ class Stream:
         x = self.model.preprocessing(images, ink)
         n = self.model.config.num_labels
         assert self._cnn is not None
-        with torch.no_grad():
+        with torch.no_grad(), self.model.precision.autocast(x.device):
             prototypes = self._tasks.candidates(1)[0, 0]
             embeddings: dict[int, Tensor] = {}  # per task whose statistics are used
             differences = []
@@ -260,8 +260,9 @@ def read_stream_file(path: Path) -> dict[str, Any] | None:
     return state if isinstance(state, dict) and state.get("format") == STREAM_FORMAT else None
 
 
-def load_stream(path: str | Path) -> Stream:
-    """A stream saved by :meth:`Stream.save`: it predicts as before and can keep learning."""
+def load_stream(path: str | Path, *, dtype: str = "auto") -> Stream:
+    """A stream saved by :meth:`Stream.save`: it predicts as before and can keep learning
+    (``dtype``: :class:`~.classifier.TrainedModel`)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"stream {path} does not exist (or is not a file)")
@@ -272,7 +273,7 @@ def load_stream(path: str | Path) -> Stream:
     try:
         model = build_model(Config.from_dict(state["config"]))
         model.load_state_dict(state["model"])
-        stream = ContinualModel(model).stream(state["scenario"])
+        stream = ContinualModel(model, dtype).stream(state["scenario"])
         stream._restore(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"stream {path} is damaged ({type(e).__name__}: {e})") from e

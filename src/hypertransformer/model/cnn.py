@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hypertransformer.model.ops import batch_norm, conv_output_size, from_grouped, pad_same
+from hypertransformer.precision import fp32
 
 
 def cnn_activation(x: Tensor, name: str) -> Tensor:
@@ -238,6 +239,7 @@ class LogitsLayer(nn.Module):
         bias = w.bias if self.bias is None else w.bias + self.bias
         return weight, bias
 
+    @fp32  # the logits (or embedding) in float32 under bf16 autocast
     def forward(self, x: Tensor, w: LayerWeights, num_tasks: int) -> Tensor:
         weight, bias = self.effective(w)
         h = self.dropout(self.features(x, num_tasks))

@@ -46,6 +46,7 @@ from hypertransformer.config import Config
 from hypertransformer.data.sampler import EpisodeBatch, SequenceBatch, check_scenario
 from hypertransformer.model.cnn import LayerWeights
 from hypertransformer.model.hypertransformer import GeneratedWeights, HyperTransformer, LossOutput
+from hypertransformer.precision import fp32
 
 
 class PrototypeModel(Protocol):
@@ -96,6 +97,7 @@ def repeat_weights(weights: GeneratedWeights, times: int) -> GeneratedWeights:
     return GeneratedWeights([rep(w) for w in weights.layers], None, {})
 
 
+@fp32
 def squared_distances(embeddings: Tensor, prototypes: Tensor) -> Tensor:
     """``‖e − c‖²`` of embeddings [..., M, D] to prototypes [..., P, D]: [..., M, P]."""
     return (embeddings.unsqueeze(-2) - prototypes.unsqueeze(-3)).square().sum(-1)

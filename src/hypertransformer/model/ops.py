@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hypertransformer.precision import fp32
+
 CHANNELS_LAST = torch.channels_last
 BN_EPS = 1e-3  # the epsilon of every BatchNorm of the model (TensorFlow's default)
 
@@ -72,9 +74,19 @@ def batch_norm(x: Tensor, gamma: Tensor, beta: Tensor, mask: Tensor | None = Non
 
     ``mask`` [M, T] (True = present) leaves removed samples out of the statistics, so that a
     removed support sample has no influence at all on the generated weights.
+
+    Under bf16 autocast the statistics are float32: ``F.batch_norm`` accumulates them in
+    float32 for bf16 input, and the masked form runs in float32 (:func:`masked_batch_norm`).
     """
     if mask is None:
         return F.batch_norm(x, None, None, gamma, beta, training=True, eps=eps)
+    return masked_batch_norm(x, gamma, beta, mask, eps)
+
+
+@fp32
+def masked_batch_norm(x: Tensor, gamma: Tensor, beta: Tensor, mask: Tensor,
+                      eps: float) -> Tensor:
+    """:func:`batch_norm` with a presence mask, in float32."""
     m, tc, h, w = x.shape
     weight = mask.to(x.dtype).repeat_interleave(tc // mask.shape[1], dim=1)[:, :, None, None]
     count = (weight.sum(0) * h * w).clamp(min=1.0)  # [T·C, 1, 1]

@@ -18,6 +18,7 @@ from hypertransformer.model.cnn import ConvLayer, ConvSpec, LogitsSpec, cnn_spec
 from hypertransformer.model.continual import check_continual_config, sequence_loss, single_task
 from hypertransformer.model.hypertransformer import GeneratedWeights, LossOutput
 from hypertransformer.model.ops import batch_mask, to_grouped
+from hypertransformer.precision import fp32
 
 
 class ProtoNet(nn.Module):
@@ -52,7 +53,7 @@ class ProtoNet(nn.Module):
         bn_mask = batch_mask(mask)
         for layer in self.conv_layers:
             h = layer(h, None, t, bn_mask)
-        return self.embedding(last_features(h, t, self.flatten))
+        return fp32(self.embedding)(last_features(h, t, self.flatten))
 
     def batch_loss(self, batch: EpisodeBatch, step: int = 0) -> LossOutput:
         return sequence_loss(self, single_task(batch))

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hypertransformer.precision import fp32
+
 LARGE_NUMBER = 1e8
 
 
@@ -158,6 +160,7 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(
             EncoderLayer(p, last=i == p.num_layers - 1) for i in range(p.num_layers))
 
+    @fp32  # bf16 attention at these sizes is slower than fp32 (precision.py)
     def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
         for layer in self.layers:
             x = layer(x, key_mask)
@@ -171,6 +174,7 @@ class Decoder(nn.Module):
             DecoderLayer(p, memory_width, last=i == p.num_layers - 1)
             for i in range(p.num_layers))
 
+    @fp32
     def forward(self, x: Tensor, memory: Tensor, self_mask: Tensor | None = None,
                 memory_mask: Tensor | None = None) -> Tensor:
         for layer in self.layers:

@@ -16,6 +16,7 @@ import argparse
 
 from hypertransformer import presets
 from hypertransformer.errors import require_directory, require_positive
+from hypertransformer.precision import add_dtype_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,8 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None,
                    help="cpu (default), cuda or cuda:<index> (device); under torchrun each "
                         "rank takes cuda:LOCAL_RANK")
-    p.add_argument("--mixed-precision", choices=("none", "bf16", "fp16"), default=None,
-                   help="autocast the forward passes on CUDA (mixed_precision)")
+    add_dtype_argument(p)
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="FIELD=VALUE",
                    help="override any config field, e.g. --set learning_rate=0.01 (repeatable;"
@@ -65,7 +65,7 @@ def _train(args: argparse.Namespace) -> int:
     named = {"data_dir": args.data_dir, "train_log_dir": args.log_dir,
              "train_steps": args.steps, "episodes_per_step": args.episodes_per_step,
              "seed": args.seed, "device": args.device,
-             "mixed_precision": args.mixed_precision}
+             "dtype": args.dtype}
     config = config.replace(**{k: v for k, v in named.items() if v is not None})
     require_directory(config.train_log_dir, "--log-dir")
     job = Job(config, progress=not args.no_progress,

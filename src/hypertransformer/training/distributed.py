@@ -28,9 +28,9 @@ import torch.distributed as dist
 from hypertransformer.config import Config
 from hypertransformer.data.base import ClassDataset
 from hypertransformer.data.sampler import Sampler, make_sampler
+from hypertransformer.precision import check_dtype
 
 RANK_SEED_STRIDE = 1_000_003  # a prime far above the seed + 1 of the held-out sampler
-MIXED_PRECISION = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,9 @@ def rank_sampler(data: ClassDataset, config: Config, rank: int) -> Sampler:
 
 
 def check_device(config: Config) -> None:
-    """Refuses an unknown ``device`` or ``mixed_precision``, CUDA where there is none, and
-    mixed precision off CUDA, with a message that says what to change."""
-    if config.mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}; got "
-                         f"{config.mixed_precision!r}")
+    """Refuses an unknown ``device`` or ``dtype``, CUDA where there is none, and fp16 off
+    CUDA, with a message that says what to change."""
+    check_dtype(config.dtype)
     try:
         device = torch.device(config.device)
     except RuntimeError:
@@ -88,9 +86,8 @@ def check_device(config: Config) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={config.device} but CUDA is not available here (no GPU, or "
                          f"a CPU-only torch build {torch.__version__}); use device=cpu")
-    if device.type == "cpu" and config.mixed_precision != "none":
-        raise ValueError(f"mixed_precision={config.mixed_precision} needs device=cuda; on the "
-                         f"CPU use mixed_precision=none")
+    if device.type == "cpu" and config.dtype == "fp16":
+        raise ValueError("dtype=fp16 needs device=cuda; on the CPU use bf16, fp32 or auto")
 
 
 def resolve_device(config: Config, world: World) -> torch.device:

@@ -66,8 +66,9 @@ RNG state, so a resumed P-rank run is exact too.  A SIGINT on any rank stops all
 the same step (a stop flag is all-reduced with the loss); an interrupt inside a step ends the
 process without saving (the launcher, or torchrun, then stops the other ranks).  ``device``
 moves the model and batches (``cuda``: ``cuda:LOCAL_RANK`` under torchrun) and
-``mixed_precision`` (CUDA only) runs the forward passes under ``torch.autocast`` (fp16 with a
-``GradScaler``, whose state is saved).
+``dtype`` runs the forward passes under ``torch.autocast`` where it resolves to bf16 or fp16
+(:mod:`hypertransformer.precision`; rank 0 resolves ``auto`` for training and the ranks follow
+it; fp16, CUDA only, with a ``GradScaler`` whose state is saved).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ from hypertransformer.data.base import ClassDataset
 from hypertransformer.data.registry import load_split, val_spec
 from hypertransformer.data.sampler import EpisodeBatch, Sampler, SequenceBatch, make_sampler
 from hypertransformer.model import ContinualHyperTransformer, build_model
+from hypertransformer.precision import resolve_precision
 from hypertransformer.training.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -110,7 +112,6 @@ from hypertransformer.training.checkpoint import (
     save_checkpoint,
 )
 from hypertransformer.training.distributed import (
-    MIXED_PRECISION,
     World,
     barrier,
     broadcast_from_main,
@@ -268,7 +269,12 @@ class _Trainer:
         self.device = resolve_device(cfg, world)
         self.model = build_model(cfg).to(self.device)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
-        self.scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
+        self.precision = broadcast_from_main(
+            resolve_precision(cfg.dtype, self.device, training=True) if world.main else None,
+            world)
+        if world.main:
+            tqdm.write(f"dtype {self.precision.name} ({self.precision.reason})")
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision.name == "fp16" else None
         self.step, self.episodes_seen, self.wall_time = 0, 0, 0.0
         self.best_accuracy: float | None = None
         self.last_checkpoint: Path | None = None
@@ -380,8 +386,7 @@ class _Trainer:
         return path
 
     def _autocast(self) -> AbstractContextManager[Any]:
-        dtype = MIXED_PRECISION[self.config.mixed_precision]
-        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype)
+        return self.precision.autocast(self.device)
 
     # ---- steps ---------------------------------------------------------------------------
 
@@ -440,7 +445,7 @@ class _Trainer:
         self.model.train()
         return correct / self.heldout_episodes
 
-    def log(self, writer: SummaryWriter, rank_rng: list[dict[str, Any]]) -> dict[str, float]:
+    def log(self, writer: SummaryWriter, rank_rng: list[dict[str, Any]]) -> dict[str, Any]:
         """Rank 0: a metrics line and TensorBoard scalars; ``best.pt`` on a new best."""
         w = self._window
         steps = max(1, int(w["steps"]))
@@ -452,6 +457,7 @@ class _Trainer:
             "episodes_per_s": w["steps"] * self.config.episodes_per_step
                               / max(w["time"], 1e-9),
             "heldout_accuracy": self.heldout_accuracy(),
+            "dtype": self.precision.name,
         }
         with open(self.log_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
