@@ -5,6 +5,7 @@ Usage::
 
     python benchmarks/profile_step.py --preset omniglot_1shot [--episodes-per-step 16]
         [--threads 1] [--steps 5] [--rows 15] [--data-dir D] [--dtype fp32|bf16|auto]
+        [--bf16-transformer]
     python benchmarks/profile_step.py --preset omniglot_1shot --eval-tasks 64 [--threads 2]
 
 Built-in glyphs data unless ``--data-dir``.  The step is the one ``throughput.py`` times
@@ -13,7 +14,8 @@ after 3 warm-up steps.  With ``--eval-tasks N``: the evaluation's calls (SPEC §
 ``generate`` per task batch, ``classify`` per query batch) of the untrained model on N test tasks,
 serially in this thread (the profiler does not see ``evaluate_model``'s worker threads), after
 one untimed task batch; times are per task.  ``--dtype`` (default fp32) as ``train`` and
-``evaluate`` take it (:mod:`hypertransformer.precision`).
+``evaluate`` take it (:mod:`hypertransformer.precision`); ``--bf16-transformer`` removes the
+transformers' float32 island (the experiment that kept it, docs/performance.md).
 
 The profiler's own overhead is not uniform: on some hosts it inflates the operators that
 write large fresh tensors (``fill_``, the first convolution) several times over, so compare
@@ -35,7 +37,8 @@ from hypertransformer.data.registry import load_split
 from hypertransformer.data.sampler import EpisodeSampler
 from hypertransformer.evaluation.evaluator import CLASSIFY_IMAGES
 from hypertransformer.evaluation.protocol import sample_tasks
-from hypertransformer.model import HyperTransformer
+from hypertransformer.memory import keep_freed_memory
+from hypertransformer.model import HyperTransformer, transformer
 from hypertransformer.precision import resolve_precision
 
 
@@ -48,9 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=15)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--dtype", choices=("fp32", "bf16", "auto"), default="fp32")
+    p.add_argument("--bf16-transformer", action="store_true",
+                   help="the transformers under bf16 autocast too (without their fp32 island)")
     p.add_argument("--eval-tasks", type=int, default=0,
                    help="profile the evaluation of this many tasks instead of training steps")
     args = p.parse_args(argv)
+    keep_freed_memory()  # as the commands do (memory.py)
+    if args.bf16_transformer:
+        for module in (transformer.Encoder, transformer.Decoder):
+            module.forward = module.forward.__wrapped__  # type: ignore[method-assign]
     torch.set_num_threads(args.threads)
     args.seed = 0
     cfg = build_config(args).replace(dtype=args.dtype)

@@ -60,6 +60,7 @@ from hypertransformer.config import Config
 from hypertransformer.data.registry import load_split
 from hypertransformer.data.sampler import EpisodeSampler
 from hypertransformer.evaluation.evaluator import evaluate_model
+from hypertransformer.memory import keep_freed_memory
 from hypertransformer.model import HyperTransformer
 from hypertransformer.precision import cpu_name, native_bf16, resolve_precision
 from hypertransformer.training.distributed import shard_sizes
@@ -210,6 +211,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                            args.steps, args.warmup)
 
     torch.set_num_threads(threads)
+    # why the trainer chose its dtype: resolved with its threads, so from the same (cached)
+    # measurement as the trainer's
+    dtype_reason = resolve_precision("auto", training=True).reason
     # FLOPs grow linearly with the episodes: count one rank's step (its share of T) and scale
     shard = shard_sizes(t, nproc)[0]
     step, sampler, model = training_step(cfg.replace(episodes_per_step=shard, dtype="fp32"),
@@ -246,7 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu": cpu_name(),
         "bf16_flags": native_bf16(),
         "dtype": dtype,
-        "dtype_reason": resolve_precision("auto", training=True).reason,
+        "dtype_reason": dtype_reason,
         "episodes_per_step": t,
         "steps": args.steps,
         "episodes_per_s": t * steps_per_s,
@@ -295,6 +299,7 @@ def report(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # as the commands do (memory.py)
     result = run(args)
     print(report(result))
     if args.json:

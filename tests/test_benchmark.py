@@ -141,3 +141,33 @@ def test_conv_forms_agree_and_print_a_row_per_layer(extra):
     assert lines[1].split() == ["layer", "grouped_cl", "grouped", "unfold_bmm", "blockdiag2",
                                 "blockdiag4"]
     assert [line.split()[0] for line in lines[2:]] == ["1->8", "8->8", "8->8", "8->8"]
+
+
+def test_profile_step_can_put_the_transformers_in_bf16_too():
+    """--bf16-transformer removes their float32 island: autocast then casts their inputs and
+    weights, so the step makes more copies than with the island."""
+    def copies(*extra: str) -> int:
+        out = subprocess.run(
+            [sys.executable, str(SCRIPT.with_name("profile_step.py")), "--preset",
+             "glyphs_demo", "--rows", "60", "--episodes-per-step", "2", "--steps", "1",
+             "--dtype", "bf16", *extra], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.strip().splitlines()
+        assert "1 thread(s), bf16: self CPU time" in lines[0]
+        return sum(int(line.split()[-1]) for line in lines[2:]
+                   if line.split()[0] in ("aten::copy_", "aten::_to_copy"))
+
+    assert copies("--bf16-transformer") > copies()
+
+
+def test_dtype_agreement_compares_fp32_and_bf16_predictions():
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT.with_name("dtype_agreement.py")), "--model", "glyphs_demo",
+         "--tasks", "2"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith("glyphs_demo, 2 tasks of 5 classes x 5 queries")
+    median, largest = (float(w) for w in line.split("median ")[1].split(";")[0].split(", max "))
+    agreement = float(line.split("agrees on ")[1].split(" %")[0])
+    assert 0 < median <= largest < 2  # bf16 differs, but little
+    assert 80 <= agreement <= 100

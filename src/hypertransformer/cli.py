@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from hypertransformer.errors import run
+from hypertransformer.memory import keep_freed_memory
 
 # Modules that define ``register(subparsers)``; each adds one or more subcommands.
 _COMMAND_MODULES = [
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     words = [args.command, getattr(args, f"{args.command}_command", None)]  # "data info"
     prog = " ".join(["hypertransformer", *filter(None, words)])
+    keep_freed_memory()  # the commands reuse freed buffers (memory.py)
     return run(prog, lambda: int(args.func(args) or 0))
 
 

@@ -49,6 +49,7 @@ from hypertransformer.errors import (
     message,
     require_positive,
 )
+from hypertransformer.memory import keep_freed_memory
 from hypertransformer.training.distributed import shard_sizes
 from hypertransformer.training.trainer import LOG_EVERY, TrainResult, check_config, train
 
@@ -89,6 +90,7 @@ def run_training(job: Job, nproc: int | None = None) -> int:
     processes than episodes per step, ``nproc > 1`` on a GPU or under torchrun."""
     cfg = job.config
     require_positive(nproc=nproc)
+    keep_freed_memory()  # here and in each rank (memory.py)
     check_config(cfg)
     if "WORLD_SIZE" in os.environ or torch.device(cfg.device).type == "cuda":
         if nproc not in (None, 1):
@@ -254,6 +256,7 @@ def _exit_with_launcher() -> None:
 def _rank_main(run_dir: Path) -> int:
     """One rank (``RANK`` and the rest in the environment); failures go to ``run_dir``."""
     threading.Thread(target=_exit_with_launcher, daemon=True).start()
+    keep_freed_memory()
     job: Job = pickle.loads((run_dir / _JOB).read_bytes())
     message_file, traceback_file = _failure_files(run_dir, int(os.environ["RANK"]))
     try:
