@@ -272,4 +272,10 @@ def _rank_main(run_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_rank_main(Path(sys.argv[1])))
+    code = _rank_main(Path(sys.argv[1]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: the interpreter's teardown can abort a rank after its run has finished
+    # (gloo's threads: "terminate called without an active exception", SIGABRT; seen twice in
+    # CI after a finished or failed run).  Everything the run writes is closed by now.
+    os._exit(code)
