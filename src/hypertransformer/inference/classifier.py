@@ -43,6 +43,7 @@ METADATA_FILE = "hypertransformer.json"  # the extra file of an exported TorchSc
 METADATA_FORMAT = "hypertransformer-classifier/1"
 Labels = Sequence[Hashable] | Tensor | np.ndarray  # one class name per image
 Statistics = list[tuple[Tensor, Tensor]]  # BatchNorm (mean, var) of each layer
+_addmm_fp32 = fp32(torch.addmm)  # the generated CNN's logits, in float32 under autocast
 
 
 class TrainedModel:
@@ -65,9 +66,6 @@ class TrainedModel:
 
 class FewShotModel(TrainedModel):
     """A trained HyperTransformer that writes a classifier for a few labelled images."""
-
-    def __init__(self, model: HyperTransformer, dtype: str = "auto") -> None:
-        super().__init__(model, dtype)
 
     def fit(self, images: Images, labels: Labels, *, ink: str = "auto") -> GeneratedClassifier:
         """The classifier generated from the support set ``images`` labelled ``labels``.
@@ -191,8 +189,8 @@ class GeneratedCNN(nn.Module):
         (those of another support pass, as :meth:`statistics` gives them)."""
         for i, layer in enumerate(self.layers):
             x = layer.normalize(layer.conv(x), None if statistics is None else statistics[i])
-        return fp32(torch.addmm)(self.logits_bias, last_features(x, 1, self.flatten)[0],
-                                 self.logits_weight)
+        return _addmm_fp32(self.logits_bias, last_features(x, 1, self.flatten)[0],
+                           self.logits_weight)
 
 
 class GeneratedClassifier(nn.Module):
