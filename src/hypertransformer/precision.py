@@ -14,8 +14,8 @@
 
 Inference (evaluation, ``fit``/``predict``, streams) and training are measured and decided
 apart: the first runs the generated CNN forward on large query batches, the second forward
-and backward on small ones, and the two gain differently (on one Zen 4 host bf16 paid in
-training and not at inference: docs/performance.md).
+and backward on small ones, and the two gain differently (on the AMX host of
+docs/performance.md bf16 paid at inference and not in training).
 
 What stays float32 under bf16 (:func:`fp32`): the transformer of the weight generators
 (bf16 attention at these sizes was measured slower, docs/performance.md), the last generated
