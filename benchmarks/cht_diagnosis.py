@@ -17,13 +17,11 @@ docs/results/cht_diagnosis/table.md (held-out accuracy at every 100 steps).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import short_runs
 
 OUT = Path("docs/results/cht_diagnosis")
 TASK = "cht_omniglot_task"
@@ -34,6 +32,11 @@ BEFORE = ["cht_residual=false", "init_checkpoint=", "learning_rate_decay_rate=0.
 # The converged ConstPN that residual_from_constpn starts from (docs/results.md, "Converged
 # baselines": its training command).
 CONSTPN = "runs/constpn_omniglot"
+
+# The presets' residual CHT from the shipped ConstPN (undoing BEFORE), on one-task sequences,
+# the learning rate decaying tenfold over 2,000 steps.
+_FROM_CONSTPN = ["cht_residual=true", "init_checkpoint=constpn_omniglot", "cht_tasks=1",
+                 "learning_rate_decay_rate=0.1", "learning_rate_decay_steps=2000"]
 
 # name: (preset, overrides, what it tests)
 CANDIDATES: dict[str, tuple[str, list[str], str]] = {
@@ -66,6 +69,19 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
                               "at step 0)"),
     "warm_start_L1": (TASK, [], "the first half of the steps on one-task sequences (a trained "
                       "single-task prototype HT), then L = 5: a warm start / curriculum"),
+    # Is there any headroom for generation over the converged ConstPN?  One-task sequences
+    # (no chain, nothing to forget): the residual CHT started from constpn_omniglot, α from
+    # 0.01 or 0.1; compared with ConstPN on 2,048 validation tasks (docs/continual.md).
+    **{f"headroom_L1{suffix}": (TASK, [*_FROM_CONSTPN, f"cht_residual_scale={alpha}"],
+                               f"one-task sequences from the converged ConstPN, α from {alpha}")
+       for suffix, alpha in (("", 0.01), ("_alpha0.1", 0.1))},
+    # The same at 32 channels, from a 32-channel ConstPN (its command: results/cht_diagnosis/
+    # constpn32/train.log)
+    "headroom32_L1_alpha0.1": (TASK, [*_FROM_CONSTPN, "cht_residual_scale=0.1",
+                                      "default_num_channels=32",
+                                      "init_checkpoint=runs/constpn32_omniglot/checkpoints/"
+                                      "best.pt", "learning_rate_decay_steps=1000"],
+                               "one-task sequences from a 32-channel ConstPN, α from 0.1"),
 }
 # Candidates trained in two stages in one log dir (resumed): the overrides of the first half.
 FIRST_HALF: dict[str, list[str]] = {"warm_start_L1": ["cht_tasks=1"]}
@@ -74,29 +90,11 @@ FIRST_HALF: dict[str, list[str]] = {"warm_start_L1": ["cht_tasks=1"]}
 def run(name: str, steps: int, data_dir: str) -> str:
     preset, overrides, _ = CANDIDATES[name]
     overrides = (BEFORE if preset == TASK else []) + overrides
-    log_dir = Path("runs/cht_diagnosis") / name
-    shutil.rmtree(log_dir, ignore_errors=True)
-    log_dir.parent.mkdir(parents=True, exist_ok=True)
     stages = [(steps, overrides)]
     if name in FIRST_HALF:
         stages.insert(0, (steps // 2, overrides + FIRST_HALF[name]))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = OUT / name
-    out.mkdir(parents=True, exist_ok=True)
-    code = 0
-    with open(out / "train.log", "w") as log:
-        for until, sets in stages:
-            cmd = ["hypertransformer", "train", "--preset", preset, "--data-dir", data_dir,
-                   "--log-dir", str(log_dir), "--steps", str(until), "--nproc", "1",
-                   "--no-progress", "--log-every", "100"]
-            for o in sets:
-                cmd += ["--set", o]
-            log.write(" ".join(cmd) + "\n")
-            log.flush()
-            code = code or subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    for f in ("config.json", "metrics.jsonl"):
-        if (log_dir / f).exists():
-            shutil.copy(log_dir / f, out / f)
+    code = short_runs.train(preset, stages, data_dir, Path("runs/cht_diagnosis") / name,
+                            OUT / name)
     return f"{name}: exit {code}"
 
 
@@ -108,17 +106,9 @@ PRESET_RUNS: dict[str, str] = {
 TABLE_STEPS = range(100, 900, 100)
 
 
-def curve(name: str) -> dict[int, float]:
-    path = OUT / name / "metrics.jsonl"
-    if not path.exists():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["step"]: r["heldout_accuracy"] for r in rows}
-
-
 def table() -> str:
     what = {n: c[2] for n, c in CANDIDATES.items()} | PRESET_RUNS
-    curves = {n: curve(n) for n in what}
+    curves = {n: short_runs.curve(OUT / n / "metrics.jsonl") for n in what}
     steps = list(TABLE_STEPS)
     head = "| candidate | " + " | ".join(str(s) for s in steps) + " | what it tests |"
     lines = [head, "|" + "---|" * (len(steps) + 2)]
