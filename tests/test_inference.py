@@ -131,6 +131,31 @@ def test_fewer_classes_drop_the_unused_logits(ht: FewShotModel,
     assert set(clf.predict(q)) <= {7, ("a", 1), "z"}
 
 
+def test_unlabeled_images_enter_as_the_unlabelled_token(glyphs: list[np.ndarray]) -> None:
+    """fit(..., unlabeled=U) of a semi-supervised model generates from the labelled images and
+    U labelled N (the unlabelled token) and takes the support statistics over both, as in
+    training; an empty U is no U; a supervised model refuses U."""
+    torch.manual_seed(0)
+    semi = FewShotModel(HyperTransformer(tiny_config(unlabeled_samples_per_class=2)),
+                        dtype="fp32")
+    images, labels = support(glyphs, 5, 1)
+    extra = [glyphs[c][i, ..., 0] for c in range(5) for i in (1, 2)]
+    x = semi.preprocessing(images + extra)
+    y = torch.cat([torch.arange(5), torch.full((10,), 5)])
+    with torch.no_grad():
+        weights = semi.model.generate(x[None], y[None])
+        cnn = GeneratedCNN.from_generated(semi.model, weights, 5)
+        cnn.fit_statistics(x)
+    q = queries(glyphs, 5)
+    clf = semi.fit(images, labels, unlabeled=extra)
+    assert torch.allclose(clf(q), cnn(semi.preprocessing(q)), atol=1e-6, rtol=0)
+    assert not torch.allclose(clf(q), semi.fit(images, labels)(q), atol=1e-3)
+    assert torch.equal(semi.fit(images, labels, unlabeled=[])(q), semi.fit(images, labels)(q))
+    supervised = FewShotModel(HyperTransformer(tiny_config()), dtype="fp32")
+    with pytest.raises(ValueError, match="trained without unlabelled support samples"):
+        supervised.fit(images, labels, unlabeled=extra)
+
+
 def test_shots_may_differ_per_class(ht: FewShotModel, glyphs: list[np.ndarray]) -> None:
     images = [glyphs[0][i, ..., 0] for i in range(4)] + [glyphs[1][0, ..., 0]]
     clf = ht.fit(images, ["a"] * 4 + ["b"])

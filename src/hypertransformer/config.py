@@ -96,6 +96,10 @@ class Config:
     shared_fe_dropout: float = 0.0
     fe_dropout: float = 0.0
     logits_feature_extractor: str = "default"
+    # (ours) the logits generator starts with label matching in place: weight token j starts
+    # as label token j and the first attention's key map as its query map, so that weight
+    # token j attends to the support samples of class j from step 0 (docs/model.md)
+    label_aligned_init: bool = False
 
     # ---- Continual HyperTransformer and ProtoNet (SPEC §7; ours, docs/continual.md) -------
     model_type: str = "ht"  # (ours) ht | cht (Continual HT) | merged_ht | protonet (baselines)

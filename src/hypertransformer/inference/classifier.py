@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hypertransformer.config import Config
-from hypertransformer.inference.images import Images, Preprocessing, check_ink
+from hypertransformer.inference.images import Images, Preprocessing, as_list, check_ink
 from hypertransformer.model.cnn import ConvLayer, ConvSpec, LayerWeights, conv_block, last_features
 from hypertransformer.model.hypertransformer import GeneratedWeights, HyperTransformer
 from hypertransformer.model.ops import BN_EPS
@@ -67,15 +67,30 @@ class TrainedModel:
 class FewShotModel(TrainedModel):
     """A trained HyperTransformer that writes a classifier for a few labelled images."""
 
-    def fit(self, images: Images, labels: Labels, *, ink: str = "auto") -> GeneratedClassifier:
+    def fit(self, images: Images, labels: Labels, *, unlabeled: Images | None = None,
+            ink: str = "auto") -> GeneratedClassifier:
         """The classifier generated from the support set ``images`` labelled ``labels``.
 
         Any hashable class names, 1 to N = ``num_labels`` classes (in order of first
-        appearance) and any number of images per class.  ``ink`` is the polarity of the
-        support images and the default for the queries (:mod:`.images`).
+        appearance) and any number of images per class.  ``unlabeled``: more pictures of the
+        same classes without labels, for a model trained with unlabelled support samples
+        (``unlabeled_samples_per_class`` > 0, e.g. ``omniglot_1shot_semi``); they enter the
+        transformer with the unlabelled token and the support BatchNorm statistics, as in
+        training.  ``ink`` is the polarity of the support images and the default for the
+        queries (:mod:`.images`).
         """
-        x, y, classes = read_support(self.preprocessing, images, labels, ink,
-                                     self.config.num_labels)
+        cfg = self.config
+        x, y, classes = read_support(self.preprocessing, images, labels, ink, cfg.num_labels)
+        extra = [] if unlabeled is None else as_list(unlabeled)
+        if extra:
+            if cfg.unlabeled_samples_per_class < 1:
+                raise ValueError("this model was trained without unlabelled support samples "
+                                 "(unlabeled_samples_per_class = 0), so it cannot use "
+                                 "unlabeled images; load a semi-supervised model such as "
+                                 "omniglot_1shot_semi")
+            u = self.preprocessing(extra, ink)
+            x = torch.cat([x, u])
+            y = torch.cat([y, torch.full((len(u),), cfg.num_labels)])
         with torch.no_grad(), self.precision.autocast(x.device):
             weights = self.model.generate(x[None], y[None])
             cnn = GeneratedCNN.from_generated(self.model, weights, len(classes))

@@ -81,6 +81,10 @@ def check_continual_config(cfg: Config) -> None:
     if cfg.model_type == "protonet" and cfg.cht_embedding_scale:
         raise ValueError("cht_embedding_scale scales a generated embedding; the ProtoNet's is "
                          "trained")
+    if cfg.label_aligned_init:
+        raise ValueError(f"label_aligned_init aligns the HT's logits tokens with its class "
+                         f"labels; model_type={cfg.model_type} has no logits tokens: set "
+                         f"label_aligned_init=false")
     if cfg.warmup_steps > 0 or cfg.shared_head_weight > 0:
         raise ValueError(f"model_type={cfg.model_type} has no warm-up heads or shared head: set "
                          f"warmup_steps=0 and shared_head_weight=0")

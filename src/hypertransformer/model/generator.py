@@ -23,7 +23,8 @@ from hypertransformer.model.transformer import Decoder, Encoder, TransformerPara
 class WeightGenerator(nn.Module):
     def __init__(self, cfg: Config, *, num_tokens: int, block_size: int, in_channels: int,
                  in_size: int, local_features: int, feature_layers: int, kernel: int,
-                 nonlinear_feature: bool, shared_features: int) -> None:
+                 nonlinear_feature: bool, shared_features: int,
+                 label_aligned: bool = False) -> None:
         super().__init__()
         d = cfg.embedding_dim
         self.num_tokens = num_tokens
@@ -64,6 +65,22 @@ class WeightGenerator(nn.Module):
             self.encoder = Encoder(params(self.width, skip))
         self.label_embedding = nn.Parameter(torch.randn(cfg.num_labels + 1, d))
         self.weight_embedding = nn.Parameter(torch.randn(num_tokens, d))
+        if label_aligned:
+            self._align_labels()
+
+    @torch.no_grad()
+    def _align_labels(self) -> None:
+        """Weight token j := label token j, first key map := first query map: the attention
+        logit of weight token j on a sample of class j starts at ~|label_emb|²·√(dh)/E, on
+        other classes' samples at ~0, so the label matching is in place at step 0."""
+        if self.separate or self.decoder is not None or self.num_tokens > len(
+                self.label_embedding) - 1:
+            raise ValueError("label_aligned_init needs the joint encoder-only generator "
+                             "(layerwise_generator=joint, use_decoder=false) and one logits "
+                             "token per class")
+        self.weight_embedding.copy_(self.label_embedding[:self.num_tokens])
+        first = self.encoder.layers[0].attention
+        first.k.weight.copy_(first.q.weight)
 
     def features(self, x: Tensor, num_tasks: int, shared: Tensor | None) -> Tensor:
         """``x`` [T·S, C, H, W] (task-major) -> F [T, S, |F|]."""

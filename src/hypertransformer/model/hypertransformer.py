@@ -148,7 +148,7 @@ class HyperTransformer(nn.Module):
             in_size=logits_spec.in_size,
             local_features=logits_spec.in_channels if width is None else width,
             feature_layers=1, kernel=3, nonlinear_feature=cfg.lw_use_nonlinear_feature,
-            shared_features=shared_dim)
+            shared_features=shared_dim, label_aligned=cfg.label_aligned_init)
 
         # Warm-up heads (SPEC §3.8): trained GAP→linear heads on all conv layers but the last.
         self.warmup_heads = nn.ModuleList(
