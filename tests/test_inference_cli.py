@@ -98,6 +98,31 @@ def test_generate_then_predict_json(files: dict[str, Path], tmp_path: Path,
     assert line.startswith(f"{queries[0]}: {results[0]['label']} (") and "top 3:" in line
 
 
+def test_generate_with_unlabeled_images(files: dict[str, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """--unlabeled DIR2 gives fit(..., unlabeled=DIR2's images) of a semi-supervised model;
+    a supervised model and a missing folder are refused with one error line."""
+    config = presets.load("glyphs_demo", **TINY, unlabeled_samples_per_class=2)
+    torch.manual_seed(1)
+    semi = bare_checkpoint(tmp_path / "semi.pt", HyperTransformer(config), config)
+    out = tmp_path / "cnn.pt"
+    code, printed, _ = run(capsys, "generate", "--model", semi, "--support", files["support"],
+                           "--unlabeled", files["queries"], "--out", out, "--dtype", "fp32")
+    assert code == 0 and "from 6 images and 4 unlabelled" in printed
+    queries = sorted(files["queries"].iterdir())
+    support = sorted(p for d in sorted(files["support"].iterdir()) for p in d.iterdir())
+    labels = [p.parent.name for p in support]
+    expected = hypertransformer.load(semi, dtype="fp32").fit(support, labels,
+                                                             unlabeled=queries)
+    assert torch.allclose(load_classifier(out)(queries), expected(queries), atol=1e-5)
+    code, _, err = run(capsys, "generate", "--model", files["run"], "--support",
+                       files["support"], "--unlabeled", files["queries"], "--out", out)
+    assert code == 2 and "trained without unlabelled support samples" in err
+    code, _, err = run(capsys, "generate", "--model", semi, "--support", files["support"],
+                       "--unlabeled", tmp_path / "nowhere", "--out", out)
+    assert code == 2 and "unlabelled folder" in err and "does not exist" in err
+
+
 def test_generate_onnx(files: dict[str, Path], tmp_path: Path,
                        capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("onnx")

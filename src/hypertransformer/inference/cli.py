@@ -38,16 +38,32 @@ def support_folder(root: str | Path) -> tuple[list[Path], list[str]]:
     return files, labels
 
 
+def image_files(root: str | Path) -> list[Path]:
+    """The files of the folder ``root`` (hidden ones skipped), at least one."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise NotADirectoryError(f"unlabelled folder {root} {what}; give a folder of images")
+    files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"unlabelled folder {root} has no images")
+    return files
+
+
 def _generate(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.suffix not in SAVE_SUFFIXES:
         raise ValueError(f"--out {out}: use a .pt (TorchScript) or .onnx file name")
     files, labels = support_folder(args.support)
-    clf = load_few_shot(args.model, dtype=args.dtype or "auto").fit(files, labels, ink=args.ink)
+    unlabeled = None if args.unlabeled is None else image_files(args.unlabeled)
+    clf = load_few_shot(args.model, dtype=args.dtype or "auto").fit(
+        files, labels, unlabeled=unlabeled, ink=args.ink)
     out.parent.mkdir(parents=True, exist_ok=True)
     clf.save(out)
     names = ", ".join(map(str, clf.class_names))
-    print(f"wrote {out}: {len(clf.class_names)} classes ({names}) from {len(files)} images")
+    extra = "" if unlabeled is None else f" and {len(unlabeled)} unlabelled"
+    print(f"wrote {out}: {len(clf.class_names)} classes ({names}) from {len(files)} "
+          f"images{extra}")
     if out.suffix == ".pt":
         print(f"classify images with: hypertransformer predict --model {out} IMAGES...")
     return 0
@@ -89,6 +105,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"`hypertransformer train` or a checkpoint file")
     p.add_argument("--support", required=True, metavar="DIR",
                    help="DIR/<class>/<images>: the labelled images")
+    p.add_argument("--unlabeled", metavar="DIR2", default=None,
+                   help="a folder of unlabelled images of the same classes, for a "
+                        "semi-supervised model (omniglot_1shot_semi)")
     p.add_argument("--out", required=True,
                    help="the classifier: .pt (TorchScript, for predict) or .onnx")
     p.add_argument("--ink", choices=INK_MODES, default="auto", help=ink_help)
