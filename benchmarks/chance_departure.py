@@ -15,11 +15,8 @@ docs/results/chance_departure/table.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import short_runs
@@ -76,23 +73,7 @@ def table() -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("names", nargs="*", help="runs (default: all)")
-    p.add_argument("--data-dir", default="../shared/data/omniglot")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--table-only", action="store_true")
-    a = p.parse_args()
-    unknown = set(a.names) - set(RUNS)
-    if unknown:
-        sys.exit(f"unknown run(s) {sorted(unknown)}; choose from {sorted(RUNS)}")
-    if not a.table_only:
-        with ThreadPoolExecutor(a.jobs) as pool:
-            for line in pool.map(lambda n: run(n, a.data_dir), a.names or RUNS):
-                print(line, flush=True)
-    text = table()
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "table.md").write_text(text)
-    print(text)
+    short_runs.command_line(__doc__, RUNS, lambda name, a: run(name, a.data_dir), table, OUT)
 
 
 if __name__ == "__main__":

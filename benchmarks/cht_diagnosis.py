@@ -16,9 +16,6 @@ docs/results/cht_diagnosis/table.md (held-out accuracy at every 100 steps).
 
 from __future__ import annotations
 
-import argparse
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import short_runs
@@ -123,24 +120,9 @@ def table() -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("names", nargs="*", help="candidates (default: all)")
-    p.add_argument("--data-dir", default="../shared/data/omniglot")
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--table-only", action="store_true")
-    a = p.parse_args()
-    unknown = set(a.names) - set(CANDIDATES)
-    if unknown:
-        sys.exit(f"unknown candidate(s) {sorted(unknown)}; choose from {sorted(CANDIDATES)}")
-    if not a.table_only:
-        with ThreadPoolExecutor(a.jobs) as pool:
-            for line in pool.map(lambda n: run(n, a.steps, a.data_dir), a.names or CANDIDATES):
-                print(line, flush=True)
-    text = table()
-    (OUT / "table.md").parent.mkdir(parents=True, exist_ok=True)
-    (OUT / "table.md").write_text(text)
-    print(text)
+    short_runs.command_line(
+        __doc__, CANDIDATES, lambda name, a: run(name, a.steps, a.data_dir), table, OUT,
+        lambda p: p.add_argument("--steps", type=int, default=600))
 
 
 if __name__ == "__main__":

@@ -8,10 +8,14 @@ to an output folder kept in the repository.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -51,3 +55,30 @@ def records(metrics: Path) -> list[dict]:
 def curve(metrics: Path, key: str = "heldout_accuracy") -> dict[int, float]:
     """``key`` by step of a ``metrics.jsonl``."""
     return {r["step"]: r[key] for r in records(metrics) if key in r}
+
+
+def command_line(doc: str, known: Collection[str], run: Callable[[str, argparse.Namespace], str],
+                 table: Callable[[], str], out: Path,
+                 more: Callable[[argparse.ArgumentParser], object] | None = None) -> None:
+    """A diagnosis script's command line: trains the named runs (default: all ``known``),
+    ``--jobs`` at a time, unless ``--table-only``; then writes ``table()`` to
+    ``out/table.md`` and prints it.  ``more`` adds the script's own options."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("names", nargs="*", help="runs (default: all)")
+    p.add_argument("--data-dir", default="../shared/data/omniglot")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--table-only", action="store_true")
+    if more is not None:
+        more(p)
+    a = p.parse_args()
+    unknown = set(a.names) - set(known)
+    if unknown:
+        sys.exit(f"unknown run(s) {sorted(unknown)}; choose from {sorted(known)}")
+    if not a.table_only:
+        with ThreadPoolExecutor(a.jobs) as pool:
+            for line in pool.map(lambda n: run(n, a), a.names or list(known)):
+                print(line, flush=True)
+    text = table()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(text)
+    print(text)
