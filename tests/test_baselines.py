@@ -151,12 +151,15 @@ def test_semi_supervised_preset_has_unlabelled_support_and_trains(tmp_path):
 @pytest.mark.parametrize("name", ["omniglot_1shot_cpu", "omniglot_5shot_cpu",
                                   "omniglot_1shot_16ch_cpu"])
 def test_cpu_recipes_keep_the_papers_model_and_data(name):
-    """Only the optimiser, schedule and batch differ from the original preset."""
+    """Only the optimiser, schedule, batch and the logits generator's initialisation
+    (label_aligned_init, issue 24; the architecture is the same) differ from the original
+    preset."""
     original = "omniglot_5shot" if "5shot" in name else "omniglot_1shot"
     cpu, paper = presets.load(name).to_dict(), presets.load(original).to_dict()
     changed = {k for k in cpu if cpu[k] != paper[k]}
     recipe = {"optimizer", "learning_rate", "episodes_per_step", "learning_rate_decay_rate",
-              "learning_rate_decay_steps", "train_steps", "steps_between_saves"}
+              "learning_rate_decay_steps", "train_steps", "steps_between_saves",
+              "label_aligned_init"}
     widths = {"default_num_channels", "num_layerwise_features"} if "16ch" in name else set()
     assert changed == recipe | widths
     assert cpu["default_num_channels"] == (16 if "16ch" in name else 8)
