@@ -32,6 +32,7 @@ from hypertransformer.inference import (
     load_few_shot,
     pretrained,
 )
+from hypertransformer.inference.classifier import mean_weights, shot_groups
 from hypertransformer.model import ContinualHyperTransformer, HyperTransformer, ProtoNet
 from hypertransformer.training import save_checkpoint, train
 from hypertransformer.training.checkpoint import FORMAT_VERSION, CheckpointError
@@ -154,6 +155,36 @@ def test_unlabeled_images_enter_as_the_unlabelled_token(glyphs: list[np.ndarray]
     supervised = FewShotModel(HyperTransformer(tiny_config()), dtype="fp32")
     with pytest.raises(ValueError, match="trained without unlabelled support samples"):
         supervised.fit(images, labels, unlabeled=extra)
+
+
+def test_more_shots_than_trained_are_dealt_into_groups() -> None:
+    """shot_groups: one group up to the trained shots; beyond, image i of a class to group
+    i mod G, classes with fewer images lend one again, unlabelled ones are dealt too."""
+    y = torch.tensor([0, 0, 0, 1, 2, 2, 2, 2, 2, 3, 3])  # N = 3: label 3 is unlabelled
+    groups = shot_groups(y, 3, 2)
+    assert [g.tolist() for g in groups] == [[0, 3, 4, 7, 9], [1, 3, 5, 8, 10], [2, 3, 6]]
+    assert [g.tolist() for g in shot_groups(y, 3, 5)] == [list(range(11))]
+
+
+def test_fit_averages_the_weights_of_the_groups(ht: FewShotModel,
+                                                glyphs: list[np.ndarray]) -> None:
+    """3 shots for a 1-shot model: the CNN's weights are the mean of three generations, one
+    per group, its BatchNorm statistics those of all 15 images (docs/use.md)."""
+    assert ht.config.shots == 1
+    images, labels = support(glyphs, 5, 3)
+    x = ht.preprocessing(images)
+    y = torch.arange(5).repeat_interleave(3)
+    with torch.no_grad():
+        each = [ht.model.generate(x[g::3][None], y[g::3][None]) for g in range(3)]
+        cnn = GeneratedCNN.from_generated(ht.model, mean_weights(each), 5)
+        cnn.fit_statistics(x)
+        single = GeneratedCNN.from_generated(ht.model, each[0], 5)
+    assert torch.allclose(cnn.logits_weight, torch.stack([
+        GeneratedCNN.from_generated(ht.model, w, 5).logits_weight for w in each]).mean(0))
+    assert not torch.allclose(cnn.logits_weight, single.logits_weight)
+    q = queries(glyphs, 5)
+    assert torch.allclose(ht.fit(images, labels)(q), cnn(ht.preprocessing(q)), atol=1e-3,
+                          rtol=0)
 
 
 def test_shots_may_differ_per_class(ht: FewShotModel, glyphs: list[np.ndarray]) -> None:

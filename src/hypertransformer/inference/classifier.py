@@ -21,6 +21,7 @@ classified (docs/use.md has the measurements behind this choice).
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import warnings
 from collections.abc import Hashable, Sequence
@@ -92,11 +93,51 @@ class FewShotModel(TrainedModel):
             x = torch.cat([x, u])
             y = torch.cat([y, torch.full((len(u),), cfg.num_labels)])
         with torch.no_grad(), self.precision.autocast(x.device):
-            weights = self.model.generate(x[None], y[None])
+            weights = mean_weights([self.model.generate(x[i][None], y[i][None])
+                                    for i in shot_groups(y, cfg.num_labels, cfg.shots)])
             cnn = GeneratedCNN.from_generated(self.model, weights, len(classes))
             cnn.fit_statistics(x)
         return GeneratedClassifier(cnn, classes, self.preprocessing, ink,
                                    self.precision).eval()
+
+
+def shot_groups(y: Tensor, num_labels: int, shots: int) -> list[Tensor]:
+    """The support samples (indices into ``y``) of each generation, for more shots than the
+    model was trained with (docs/use.md).  With at most ``shots`` labelled images per class:
+    one group, the whole support set.  With more: G = ⌈most / shots⌉ groups; the images of
+    each class are dealt in turn (image i to group i mod G), a class with fewer than G images
+    lends one of them again to each group it cannot fill, and unlabelled images (label
+    ``num_labels``) are dealt the same way without lending."""
+    counts = torch.bincount(y, minlength=num_labels + 1)
+    groups = math.ceil(int(counts[:num_labels].max()) / shots)
+    if groups <= 1:
+        return [torch.arange(len(y))]
+    out = []
+    for g in range(groups):
+        parts = []
+        for c in range(num_labels + 1):
+            members = torch.nonzero(y == c).flatten()
+            if len(members) > g:
+                parts.append(members[g::groups])
+            elif c < num_labels and len(members):
+                parts.append(members[g % len(members)].view(1))
+        out.append(torch.cat(parts).sort().values)
+    return out
+
+
+def mean_weights(weights: list[GeneratedWeights]) -> GeneratedWeights:
+    """The element-wise mean of one task's generated weights over several generations."""
+    if len(weights) == 1:
+        return weights[0]
+
+    def mean(layers: list[LayerWeights | None]) -> LayerWeights | None:
+        if layers[0] is None:
+            return None
+        return LayerWeights(**{name: torch.stack([w.tensors()[name] for w in layers]).mean(0)
+                               for name in layers[0].tensors()})
+
+    return GeneratedWeights([mean([w.layers[i] for w in weights])
+                             for i in range(len(weights[0].layers))], None)
 
 
 def read_support(preprocessing: Preprocessing, images: Images, labels: Labels, ink: str,
