@@ -73,7 +73,9 @@ class FewShotModel(TrainedModel):
         """The classifier generated from the support set ``images`` labelled ``labels``.
 
         Any hashable class names, 1 to N = ``num_labels`` classes (in order of first
-        appearance) and any number of images per class.  ``unlabeled``: more pictures of the
+        appearance) and any number of images per class; more shots per class than the model
+        was trained with are dealt into groups (:func:`shot_groups`) whose generated weights
+        are averaged (:func:`mean_weights`).  ``unlabeled``: more pictures of the
         same classes without labels, for a model trained with unlabelled support samples
         (``unlabeled_samples_per_class`` > 0, e.g. ``omniglot_1shot_semi``); they enter the
         transformer with the unlabelled token and the support BatchNorm statistics, as in
