@@ -114,15 +114,15 @@ def shot_groups(y: Tensor, num_labels: int, shots: int) -> list[Tensor]:
     groups = math.ceil(int(counts[:num_labels].max()) / shots)
     if groups <= 1:
         return [torch.arange(len(y))]
+    members = [torch.nonzero(y == c).flatten() for c in range(num_labels + 1)]
     out = []
     for g in range(groups):
         parts = []
-        for c in range(num_labels + 1):
-            members = torch.nonzero(y == c).flatten()
-            if len(members) > g:
-                parts.append(members[g::groups])
-            elif c < num_labels and len(members):
-                parts.append(members[g % len(members)].view(1))
+        for c, m in enumerate(members):
+            if len(m) > g:
+                parts.append(m[g::groups])
+            elif c < num_labels and len(m):
+                parts.append(m[g % len(m)].view(1))
         out.append(torch.cat(parts).sort().values)
     return out
 

@@ -15,14 +15,20 @@ from hypertransformer.precision import add_dtype_argument
 SAVE_SUFFIXES = (".pt", ".onnx")
 
 
-def support_folder(root: str | Path) -> tuple[list[Path], list[str]]:
-    """(image files, their labels) of ``root/<class>/<images>``: the class folders in sorted
-    order (hidden ones skipped), each with at least one file; every file must be an image."""
+def existing_folder(root: str | Path, name: str, hint: str) -> Path:
+    """``root`` as a folder, or an error naming it (``name``) with what to give (``hint``)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
-        raise NotADirectoryError(f"support folder {root} {what}; give a folder with one "
-                                 f"sub-folder of images per class")
+        raise NotADirectoryError(f"{name} {root} {what}; give {hint}")
+    return root
+
+
+def support_folder(root: str | Path) -> tuple[list[Path], list[str]]:
+    """(image files, their labels) of ``root/<class>/<images>``: the class folders in sorted
+    order (hidden ones skipped), each with at least one file; every file must be an image."""
+    root = existing_folder(root, "support folder",
+                           "a folder with one sub-folder of images per class")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise ValueError(f"support folder {root} has no class sub-folders; put each class's "
@@ -40,10 +46,7 @@ def support_folder(root: str | Path) -> tuple[list[Path], list[str]]:
 
 def image_files(root: str | Path) -> list[Path]:
     """The files of the folder ``root`` (hidden ones skipped), at least one."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        what = "is a file, not a folder" if root.exists() else "does not exist"
-        raise NotADirectoryError(f"unlabelled folder {root} {what}; give a folder of images")
+    root = existing_folder(root, "unlabelled folder", "a folder of images")
     files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise ValueError(f"unlabelled folder {root} has no images")
