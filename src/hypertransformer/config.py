@@ -63,6 +63,16 @@ class Config:
     test_per_label_augmentation: bool = False
     apply_image_augmentations: bool = False
     augment_images_individually: bool = False
+    # (ours) drawing augmentations, training only (data.augment.augment_drawings)
+    stroke_probability: float = 0.0
+    stroke_max_width: float = 0.0
+    warp_probability: float = 0.0
+    warp_scale: float = 0.0
+    warp_shift: float = 0.0
+    warp_elastic: float = 0.0
+    # (ours) every drawing scaled and centred on its ink, in training, evaluation and a user's
+    # images (data.framing)
+    frame_ink: bool = False
 
     # ---- model (SPEC §3) ----------------------------------------------------------------
     cnn_model_name: str = "3-layer"

@@ -10,6 +10,9 @@ Two stages, as in the authors' TF code (``hypertransformer/tf/core/datasets.py``
    :meth:`Augmenter.normalize` then resizes to ``image_size`` and maps to ``x / 128 - 1``.
 2. :func:`augment_natural_images` -- flip / hue / brightness / contrast / random crop of the
    natural-image scripts, on normalised images, training only.
+3. :func:`augment_drawings` (ours, not in the original) -- stroke width and a smooth warp
+   (scale, shift, elastic) of ink drawings, drawn per image, on pixels 0..255 after ops 1-7,
+   training only: what users' drawings vary in and Omniglot does not (docs/use.md).
 
 Tensors are ``[T, M, C, H, W]``: T episodes of M images each.  Everything is vectorised over
 T and M; per-image parameters are gathered from the ``[T, L]`` state tensors, where L is the
@@ -35,6 +38,7 @@ Details taken from the original:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -58,6 +62,12 @@ LOWER_CONTRAST, UPPER_CONTRAST = 0.8, 1.2
 MIN_CROP_FRACTION = 0.6
 NATURAL_CHUNK = 16  # images per pass: their intermediates stay in the cache
 
+# Drawing augmentation: strokes are widened at STROKE_UPSAMPLE times the resolution, so the
+# added width moves in steps of 2 / STROKE_UPSAMPLE pixels; the elastic field is a random
+# ELASTIC_GRID x ELASTIC_GRID grid of displacements interpolated bicubically over the image.
+STROKE_UPSAMPLE = 4
+ELASTIC_GRID = 4
+
 
 @dataclass
 class AugmentationConfig:
@@ -74,6 +84,23 @@ class AugmentationConfig:
     per_label: bool = False
     image_augmentations: bool = False  # natural-image augmentations (training only)
     augment_images_individually: bool = False
+    # drawing augmentations (training only): each image independently
+    stroke_probability: float = 0.0  # widen the strokes ...
+    stroke_max_width: float = 0.0  # ... by U(0, this) pixels
+    warp_probability: float = 0.0  # warp the image: ...
+    warp_scale: float = 0.0  # ... scale by a log-uniform factor in [1/(1 + s), 1 + s],
+    warp_shift: float = 0.0  # ... shift by U(-f, f) of the side along each axis,
+    warp_elastic: float = 0.0  # ... and displace smoothly by up to this many pixels
+
+    def __post_init__(self) -> None:
+        for name in ("stroke_max_width", "warp_scale", "warp_shift", "warp_elastic"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def drawings(self) -> bool:
+        """Whether :func:`augment_drawings` can change an image."""
+        return self.stroke_probability > 0 or self.warp_probability > 0
 
     @classmethod
     def from_config(cls, cfg: Config, train: bool) -> AugmentationConfig:
@@ -82,7 +109,8 @@ class AugmentationConfig:
         Test time: each ``test_*`` float flag is used when >= 0, else the training value.
         ``test_random_rotate_by_90`` and ``test_per_label_augmentation`` are used as they are,
         with no fallback to the training flags (the Omniglot scripts train with per-label rot90
-        and test without any augmentation).  Natural-image augmentations are off at test time.
+        and test without any augmentation).  Natural-image and drawing augmentations are off
+        at test time.
         """
         if train:
             return cls(
@@ -97,6 +125,12 @@ class AugmentationConfig:
                 per_label=cfg.per_label_augmentation,
                 image_augmentations=cfg.apply_image_augmentations,
                 augment_images_individually=cfg.augment_images_individually,
+                stroke_probability=cfg.stroke_probability,
+                stroke_max_width=cfg.stroke_max_width,
+                warp_probability=cfg.warp_probability,
+                warp_scale=cfg.warp_scale,
+                warp_shift=cfg.warp_shift,
+                warp_elastic=cfg.warp_elastic,
             )
 
         def pick(name: str) -> float:
@@ -404,3 +438,70 @@ def _crop_and_resize(x: Tensor, top: Tensor, left: Tensor, side: Tensor) -> Tens
         return _bilinear_matrix(start[:, None] * (length - 1) + side[:, None] * pos, length)
 
     return _separable(x, axis(top, h), axis(left, w))
+
+
+# ---- drawing augmentations (ours) ---------------------------------------------------------------
+
+def augment_drawings(x: Tensor, cfg: AugmentationConfig, generator: torch.Generator) -> Tensor:
+    """Stroke width and warp of ink drawings ``[T, M, C, H, W]`` (0..255, light ink on a dark
+    background), every image drawn independently; images an op does not pick stay unchanged.
+
+    Strokes: with ``stroke_probability`` an image's strokes are widened by ``U(0,
+    stroke_max_width)`` pixels (a grayscale dilation at ``STROKE_UPSAMPLE`` times the
+    resolution, averaged back down).  Warp: with ``warp_probability`` the image is resampled
+    (bilinear, background outside) through a scale by a log-uniform factor in ``[1 / (1 +
+    warp_scale), 1 + warp_scale]`` about the centre, a shift of ``U(-warp_shift, warp_shift)``
+    of the side along each axis and a smooth displacement field of up to ``warp_elastic``
+    pixels.  The Omniglot scripts' rot90 and the ops 1-7 come first (sampler).
+    """
+    t, m, c, h, w = x.shape
+    n = t * m
+    dev = generator.device
+
+    def rand(*shape: int) -> Tensor:
+        return torch.rand(*shape, generator=generator, device=dev).to(x.device)
+
+    u = rand(n, 6)
+    field = rand(n, 2, ELASTIC_GRID, ELASTIC_GRID) * 2 - 1
+    x = x.reshape(n, c, h, w)
+    if cfg.stroke_probability > 0:
+        x = _where(x, u[:, 0] < cfg.stroke_probability, _widen, u[:, 1] * cfg.stroke_max_width)
+    if cfg.warp_probability > 0:
+        scale = torch.exp((2 * u[:, 3] - 1) * math.log1p(cfg.warp_scale))
+        shift = (2 * u[:, 4:6] - 1) * cfg.warp_shift
+        x = _where(x, u[:, 2] < cfg.warp_probability, _warp, scale, shift,
+                   field * cfg.warp_elastic)
+    return x.reshape(t, m, c, h, w)
+
+
+def _widen(x: Tensor, width: Tensor) -> Tensor:
+    """Strokes of ``[n, C, H, W]`` widened by ``width`` [n] pixels: each pixel repeated
+    ``STROKE_UPSAMPLE`` times along each axis, dilated by a square of radius ``round(width ·
+    STROKE_UPSAMPLE / 2)`` (both sides of a stroke grow), averaged back down (a width of 0
+    gives the image back)."""
+    k = STROKE_UPSAMPLE
+    radius = torch.round(width * k / 2).long()
+    big = F.interpolate(x, scale_factor=k, mode="nearest")
+    for r in radius.unique().tolist():
+        if r > 0:
+            sel = (radius == r).nonzero().squeeze(1)
+            big[sel] = F.max_pool2d(big[sel], 2 * r + 1, stride=1, padding=r)
+    return F.avg_pool2d(big, k)
+
+
+def _warp(x: Tensor, scale: Tensor, shift: Tensor, displacement: Tensor) -> Tensor:
+    """``[n, C, H, W]`` resampled: content scaled by ``scale`` [n] about the centre, moved by
+    ``shift`` [n, 2] (fractions of the side, x then y, positive right and down), and each
+    output pixel read from as far away as the bicubic interpolation of ``displacement``
+    [n, 2, G, G] (pixels, x then y) says."""
+    n, c, h, w = x.shape
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale  # output -> input coordinates
+    theta[:, :, 2] = -2 * shift / scale[:, None]
+    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+    pixels = torch.tensor([2 / w, 2 / h], device=x.device)[None, :, None, None]
+    smooth = F.interpolate(displacement * pixels, size=(h, w), mode="bicubic",
+                           align_corners=True)
+    grid = grid + smooth.permute(0, 2, 3, 1)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)

@@ -22,6 +22,7 @@ from typing import Any
 
 from hypertransformer.config import Config
 from hypertransformer.data.base import ClassDataset, DatasetError
+from hypertransformer.data.framing import frame_ink
 from hypertransformer.data.image_folder import load_image_folder
 from hypertransformer.data.imagenet import CHANNELS, FORMS, IMAGE_SIZE, load_imagenet
 from hypertransformer.data.numpy_cache import check_image_args, find_numpy_cache, load_numpy_cache
@@ -145,7 +146,8 @@ def load_split(cfg: Config, split: str) -> ClassDataset:
     """The classes a run uses for ``split``: ``train`` → ``cfg.train_dataset``, ``test`` →
     ``cfg.test_dataset``, ``val`` → :func:`val_spec` (``cfg.val_dataset``, else the preset val
     range of the training dataset's name); read with the config's data paths, image size,
-    channels and ``shuffle_labels_seed``."""
+    channels and ``shuffle_labels_seed``; with ``cfg.frame_ink`` every image framed on its
+    ink (:mod:`data.framing`)."""
     if split == "train":
         spec = cfg.train_dataset
     elif split == "test":
@@ -159,6 +161,9 @@ def load_split(cfg: Config, split: str) -> ClassDataset:
         spec = found
     else:
         raise DatasetError(f"unknown split {split!r}; use train, val or test")
-    return load_dataset(spec, data_dir=cfg.data_dir, data_numpy_dir=cfg.data_numpy_dir,
+    data = load_dataset(spec, data_dir=cfg.data_dir, data_numpy_dir=cfg.data_numpy_dir,
                         image_size=cfg.image_size, channels=cfg.image_channels,
                         shuffle_labels_seed=cfg.shuffle_labels_seed)
+    if cfg.frame_ink:
+        return ClassDataset(data.name, [frame_ink(c) for c in data.classes], data.class_names)
+    return data

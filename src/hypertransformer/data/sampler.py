@@ -26,6 +26,7 @@ samples with ``max_prob_remove_labeled``.  Removed samples stay in the batch wit
 
 Augmentation (SPEC §2.4): one state per episode, applied to the support and query images on
 0..255 pixels with the episode class (``0..N-1``, also for unlabelled samples) as the label,
+then in training the drawing augmentations (stroke width, warp; per image) when configured,
 then resize and ``x/128 - 1``, then the natural-image augmentations when configured.
 
 Images are resized to ``image_size`` (default: the dataset's height) after augmentation.
@@ -62,6 +63,7 @@ from hypertransformer.data.augment import (
     AugmentationConfig,
     AugmentationState,
     Augmenter,
+    augment_drawings,
     augment_natural_images,
 )
 from hypertransformer.data.base import ClassDataset, DatasetError
@@ -372,6 +374,8 @@ class EpisodeSampler:
         x = torch.empty(t, m, c, h, w).copy_(images.permute(0, 1, 4, 2, 3))
         if state is not None:
             x = self._augmenter(x, label, state)
+        if self.augmentation.drawings:
+            x = augment_drawings(x, self.augmentation, self._generator)
         x = Augmenter.normalize(x, self.image_size)
         if self.augmentation.image_augmentations:
             x = augment_natural_images(x, self.augmentation, self._generator)

@@ -10,7 +10,8 @@ Every image goes through the preprocessing of the training data (:class:`Preproc
 the checkpoint's config): converted to gray or RGB and resized to ``image_size`` like the
 dataset loaders (:func:`data.numpy_cache.fit_images`, any size and aspect ratio), then for
 models trained on ink drawings (Omniglot, glyphs: light strokes on a dark background) brought
-to that polarity, then mapped to ``x / 128 - 1`` as the episode sampler does.
+to that polarity, for models trained with ``frame_ink`` scaled and centred on their ink
+(:mod:`data.framing`), then mapped to ``x / 128 - 1`` as the episode sampler does.
 
 Ink polarity (``ink``): ``"light"`` means light strokes on a dark background (used as they
 are), ``"dark"`` dark strokes on a light page (inverted), ``"auto"`` decides per image from
@@ -33,6 +34,7 @@ from torch import Tensor
 from hypertransformer.config import Config
 from hypertransformer.data.augment import Augmenter
 from hypertransformer.data.base import DatasetError
+from hypertransformer.data.framing import frame_ink
 from hypertransformer.data.image_folder import read_image
 from hypertransformer.data.numpy_cache import fit_images, to_uint8
 from hypertransformer.data.specs import parse_spec
@@ -48,24 +50,29 @@ INK_DATASETS = ("omniglot", "glyphs")
 @dataclass(frozen=True)
 class Preprocessing:
     """What a model's input images looked like in training: ``image_size`` square,
-    ``channels`` (1 gray, 3 RGB), and ``ink_high``: drawings with light ink on a dark
-    background (Omniglot, glyphs), for which :data:`INK_MODES` apply."""
+    ``channels`` (1 gray, 3 RGB), ``ink_high``: drawings with light ink on a dark
+    background (Omniglot, glyphs), for which :data:`INK_MODES` apply, and ``frame_ink``:
+    each drawing scaled and centred on its ink (:mod:`data.framing`; models trained with
+    ``frame_ink``)."""
 
     image_size: int
     channels: int
     ink_high: bool
+    frame_ink: bool = False
 
     @classmethod
     def from_config(cls, config: Config) -> Preprocessing:
         name, _ = parse_spec(config.train_dataset)
-        return cls(config.image_size, config.image_channels, name in INK_DATASETS)
+        return cls(config.image_size, config.image_channels, name in INK_DATASETS,
+                   config.frame_ink)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "normalization": "x / 128 - 1"}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Preprocessing:
-        return cls(int(values["image_size"]), int(values["channels"]), bool(values["ink_high"]))
+        return cls(int(values["image_size"]), int(values["channels"]), bool(values["ink_high"]),
+                   bool(values.get("frame_ink", False)))  # exports before frame_ink: False
 
     def __call__(self, images: Images, ink: str = "auto") -> Tensor:
         """float32 ``[B, channels, image_size, image_size]``, the model's input."""
@@ -81,6 +88,8 @@ class Preprocessing:
             pixels[same] = fit_images(np.stack([raw[i] for i in same]), size, channels)
         if self.ink_high:
             pixels = np.where(_invert(pixels, ink)[:, None, None, None], 255 - pixels, pixels)
+        if self.frame_ink:
+            pixels = frame_ink(pixels)
         x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
         return Augmenter.normalize(x[None], self.image_size)[0]
 
