@@ -17,7 +17,8 @@ reference the others are read against; not among the defaults).
 Every task: ``--ways`` classes, ``shots`` labelled images and ``--queries`` queries per class,
 the same tasks for every method.  Methods: each ``--models`` HT through the public API
 (``hypertransformer.load(name).fit(images, labels).predict(queries)``); raw-pixel 1-NN and
-nearest centroid on the same preprocessed pixels; the ProtoNet of the same 8-channel CNN
+nearest centroid on the same preprocessed pixels, and nearest centroid on pixels framed on their
+ink (``data.framing``, what a ``frame_ink`` model sees); the ProtoNet of the same 8-channel CNN
 (``constpn_omniglot``'s embedding, nearest centroid).  Accuracy ± 95 % interval over tasks.
 
     python benchmarks/cross_domain.py --data-dir ../shared/data/omniglot --part val|test \\
@@ -148,10 +149,13 @@ def nearest(support: torch.Tensor, labels: list[int], queries: torch.Tensor,
     return y[torch.cdist(queries, support).argmin(1)].numpy()
 
 
-def pixels(centroid: bool) -> Method:
+def pixels(centroid: bool, framed: bool = False) -> Method:
+    """Raw pixels, or pixels framed on their ink (data.framing) as a ``frame_ink`` model
+    sees them."""
+    prep = Preprocessing(28, 1, True, frame_ink=framed)
+
     def method(s: Images, y: list[int], q: Images) -> np.ndarray:
-        return nearest(PIXELS(s, "light").flatten(1), y, PIXELS(q, "light").flatten(1),
-                       centroid)
+        return nearest(prep(s, "light").flatten(1), y, prep(q, "light").flatten(1), centroid)
     return method
 
 
@@ -180,7 +184,8 @@ def methods(models: list[str], baselines: bool = True) -> dict[str, Method]:
     ms = {f"HT `{m}`": hypertransformer_fit(m) for m in models}
     if baselines:
         ms |= {"ProtoNet `constpn_omniglot`": protonet(), "pixels, 1-NN": pixels(False),
-               "pixels, nearest centroid": pixels(True)}
+               "pixels, nearest centroid": pixels(True),
+               "framed pixels, nearest centroid": pixels(True, framed=True)}
     return ms
 
 

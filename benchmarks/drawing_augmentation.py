@@ -23,6 +23,7 @@ from pathlib import Path
 
 import cross_domain
 import short_runs
+import torch
 
 OUT = Path("docs/results/drawing_augmentation")
 STROKE = ["stroke_probability=0.5", "stroke_max_width=2.0"]
@@ -85,4 +86,5 @@ def options(p: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)  # the evaluations share the cores with the other job
     short_runs.command_line(__doc__, RUNS, run, table, OUT, options)

@@ -165,6 +165,14 @@ PRESETS["omniglot_1shot_logits_cpu"] = dict(PRESETS["omniglot_1shot_cpu"], **_de
 PRESETS["omniglot_1shot_semi_cpu"] = dict(
     PRESETS["omniglot_1shot_cpu"], **_decay_over(10000),
     unlabeled_samples_per_class=2, samples_transformer=60, max_prob_remove_unlabeled=1.0)
+# Drawings from outside Omniglot (issue 25, docs/use.md): the 1-shot CPU recipe with the drawing
+# augmentations (data.augment.augment_drawings): half the images get strokes widened by up to
+# 2 pixels, half a warp (scale within 1/1.3-1.3, shift up to 10 % of the side, elastic up to
+# 1.5 pixels).  The better of plain / augmented / framed (frame_ink) after 3000-step runs on the
+# cross-domain benchmark's validation part (docs/results/drawing_augmentation).
+PRESETS["drawings_1shot_cpu"] = dict(
+    PRESETS["omniglot_1shot_cpu"], stroke_probability=0.5, stroke_max_width=2.0,
+    warp_probability=0.5, warp_scale=0.3, warp_shift=0.1, warp_elastic=1.5)
 # ProtoNet with the same 8-channel CNN as a trained embedding (a linear map to 32 dimensions
 # after it), prototypes from the support set, trained episodically on the same 20-way 1-shot
 # episodes; one-task sequences, so `evaluate` runs the HT's protocol on it (SPEC §5).  lr 4e-3:

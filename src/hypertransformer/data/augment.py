@@ -62,10 +62,8 @@ LOWER_CONTRAST, UPPER_CONTRAST = 0.8, 1.2
 MIN_CROP_FRACTION = 0.6
 NATURAL_CHUNK = 16  # images per pass: their intermediates stay in the cache
 
-# Drawing augmentation: strokes are widened at STROKE_UPSAMPLE times the resolution, so the
-# added width moves in steps of 2 / STROKE_UPSAMPLE pixels; the elastic field is a random
-# ELASTIC_GRID x ELASTIC_GRID grid of displacements interpolated bicubically over the image.
-STROKE_UPSAMPLE = 4
+# Drawing augmentation: the elastic field is a random ELASTIC_GRID x ELASTIC_GRID grid of
+# displacements interpolated bicubically over the image.
 ELASTIC_GRID = 4
 
 
@@ -447,12 +445,12 @@ def augment_drawings(x: Tensor, cfg: AugmentationConfig, generator: torch.Genera
     background), every image drawn independently; images an op does not pick stay unchanged.
 
     Strokes: with ``stroke_probability`` an image's strokes are widened by ``U(0,
-    stroke_max_width)`` pixels (a grayscale dilation at ``STROKE_UPSAMPLE`` times the
-    resolution, averaged back down).  Warp: with ``warp_probability`` the image is resampled
-    (bilinear, background outside) through a scale by a log-uniform factor in ``[1 / (1 +
-    warp_scale), 1 + warp_scale]`` about the centre, a shift of ``U(-warp_shift, warp_shift)``
-    of the side along each axis and a smooth displacement field of up to ``warp_elastic``
-    pixels.  The Omniglot scripts' rot90 and the ops 1-7 come first (sampler).
+    stroke_max_width)`` pixels (grayscale dilations, the last one in part).  Warp: with
+    ``warp_probability`` the image is resampled (bilinear, background outside) through a
+    scale by a log-uniform factor in ``[1 / (1 + warp_scale), 1 + warp_scale]`` about the
+    centre, a shift of ``U(-warp_shift, warp_shift)`` of the side along each axis and a
+    smooth displacement field of up to ``warp_elastic`` pixels.  The Omniglot scripts' rot90
+    and the ops 1-7 come first (sampler).
     """
     t, m, c, h, w = x.shape
     n = t * m
@@ -475,18 +473,18 @@ def augment_drawings(x: Tensor, cfg: AugmentationConfig, generator: torch.Genera
 
 
 def _widen(x: Tensor, width: Tensor) -> Tensor:
-    """Strokes of ``[n, C, H, W]`` widened by ``width`` [n] pixels: each pixel repeated
-    ``STROKE_UPSAMPLE`` times along each axis, dilated by a square of radius ``round(width ·
-    STROKE_UPSAMPLE / 2)`` (both sides of a stroke grow), averaged back down (a width of 0
-    gives the image back)."""
-    k = STROKE_UPSAMPLE
-    radius = torch.round(width * k / 2).long()
-    big = F.interpolate(x, scale_factor=k, mode="nearest")
-    for r in radius.unique().tolist():
-        if r > 0:
-            sel = (radius == r).nonzero().squeeze(1)
-            big[sel] = F.max_pool2d(big[sel], 2 * r + 1, stride=1, padding=r)
-    return F.avg_pool2d(big, k)
+    """Strokes of ``[n, C, H, W]`` widened by ``width`` [n] pixels, ``width / 2`` on each side:
+    ``floor(width / 2)`` grayscale dilations by a 3x3 square, then a blend towards one more
+    by the fraction left over (a width of 0 gives the image back)."""
+    side = width.to(x.dtype) / 2
+    whole = side.floor().long()
+    part = (side - whole)[:, None, None, None]
+    out = x
+    for k in range(int(whole.max()) + 1 if len(whole) else 0):
+        grown = F.max_pool2d(out, 3, stride=1, padding=1)
+        last = (whole == k)[:, None, None, None]
+        out = torch.where(last, out + part * (grown - out), grown)
+    return out
 
 
 def _warp(x: Tensor, scale: Tensor, shift: Tensor, displacement: Tensor) -> Tensor:
@@ -495,13 +493,26 @@ def _warp(x: Tensor, scale: Tensor, shift: Tensor, displacement: Tensor) -> Tens
     output pixel read from as far away as the bicubic interpolation of ``displacement``
     [n, 2, G, G] (pixels, x then y) says."""
     n, c, h, w = x.shape
-    theta = torch.zeros(n, 2, 3, device=x.device)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale  # output -> input coordinates
-    theta[:, :, 2] = -2 * shift / scale[:, None]
-    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
-    pixels = torch.tensor([2 / w, 2 / h], device=x.device)[None, :, None, None]
-    smooth = F.interpolate(displacement * pixels, size=(h, w), mode="bicubic",
-                           align_corners=True)
-    grid = grid + smooth.permute(0, 2, 3, 1)
+    base, rows, cols = _warp_bases(h, w, displacement.shape[-1], x.device)
+    pixels = torch.tensor([2 / w, 2 / h], device=x.device)
+    smooth = rows @ displacement.float() @ cols.T  # [n, 2, H, W], pixels
+    grid = (base - 2 * shift[:, None, None, :]) / scale[:, None, None, None]
+    grid = grid + smooth.permute(0, 2, 3, 1) * pixels
     return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros",
                          align_corners=False)
+
+
+@functools.lru_cache(maxsize=16)
+def _warp_bases(h: int, w: int, g: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The identity sampling grid ``[1, H, W, 2]`` of ``grid_sample`` (align_corners=False)
+    and the bicubic interpolation matrices ``[H, g]``, ``[W, g]`` of a g-point field
+    (align_corners=True, as ``F.interpolate``)."""
+    base = F.affine_grid(torch.eye(2, 3, device=device)[None], [1, 1, h, w],
+                         align_corners=False)
+
+    def cubic(length: int) -> Tensor:
+        eye = torch.eye(g, device=device).reshape(g, 1, g, 1)
+        return F.interpolate(eye, size=(length, 1), mode="bicubic",
+                             align_corners=True).reshape(g, length).T
+
+    return base, cubic(h), cubic(w)
