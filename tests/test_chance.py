@@ -21,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Every HT preset of the CPU recipe (docs/results.md); ProtoNet and the CHT have no logits tokens.
 CPU_HT_PRESETS = ["omniglot_1shot_cpu", "omniglot_5shot_cpu", "omniglot_1shot_16ch_cpu",
-                  "omniglot_1shot_logits_cpu", "omniglot_1shot_semi_cpu", "omniglot_lake"]
+                  "omniglot_1shot_logits_cpu", "omniglot_1shot_semi_cpu", "omniglot_lake",
+                  "drawings_1shot_cpu"]
 
 
 def first_layer_attention(model: HyperTransformer, labels: torch.Tensor) -> torch.Tensor:

@@ -456,7 +456,7 @@ def test_torchscript_runs_without_hypertransformer(ht: FewShotModel, glyphs: lis
     assert torch.allclose(torch.tensor(out["logits"]), clf.cnn(x), atol=1e-5, rtol=0)
     assert out["meta"]["class_names"] == clf.class_names
     assert out["meta"]["preprocessing"] == {"image_size": 28, "channels": 1, "ink_high": True,
-                                            "normalization": "x / 128 - 1"}
+                                            "frame_ink": False, "normalization": "x / 128 - 1"}
 
 
 def test_onnx_export(ht: FewShotModel, glyphs: list[np.ndarray], tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from test_inference import bare_checkpoint
 
 import hypertransformer
 from hypertransformer import cli, presets
+from hypertransformer.data.framing import frame_ink
 from hypertransformer.data.registry import load_split
 from hypertransformer.inference import load_classifier
 from hypertransformer.model import ContinualHyperTransformer, HyperTransformer
@@ -185,3 +186,31 @@ def test_predict_errors(files: dict[str, Path], tmp_path: Path,
     assert "does not exist" in error(capsys, "predict", "--model", tmp_path / "no.pt", query)
     assert error(capsys, "predict", "--model", out, query, "--top-k", "0") == (
         "--top-k must be at least 1; got 0")
+
+
+def test_generate_with_frame(files: dict[str, Path], tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    """--frame gives fit(..., frame=True): support and later queries framed on their ink
+    (the saved classifier keeps it); a natural-image model refuses frame."""
+    out = tmp_path / "framed.pt"
+    code, _, _ = run(capsys, "generate", "--model", files["run"], "--support", files["support"],
+                     "--out", out, "--frame", "--dtype", "fp32")
+    assert code == 0
+    queries = sorted(files["queries"].iterdir())
+    support = sorted(p for d in sorted(files["support"].iterdir()) for p in d.iterdir())
+    labels = [p.parent.name for p in support]
+    ht = hypertransformer.load(files["run"], dtype="fp32")
+    framed = ht.fit(support, labels, frame=True)
+    plain = ht.fit(support, labels)
+    assert framed.preprocessing.frame_ink and not plain.preprocessing.frame_ink
+    assert torch.allclose(load_classifier(out)(queries), framed(queries), atol=1e-5)
+    assert not torch.allclose(framed(queries), plain(queries), atol=1e-3)
+    manual = framed.preprocessing(queries)  # what the classifier's CNN sees
+    unframed = plain.preprocessing(queries)
+    pixels = ((unframed + 1) * 128).round().clamp(0, 255).to(torch.uint8)
+    expected = torch.from_numpy(frame_ink(pixels.permute(0, 2, 3, 1).numpy()))
+    assert torch.equal(manual, expected.permute(0, 3, 1, 2).float() / 128 - 1)
+    natural = presets.load("miniimagenet_1shot", **TINY, image_size=16)
+    model = bare_checkpoint(tmp_path / "mini.pt", HyperTransformer(natural), natural)
+    with pytest.raises(ValueError, match="frame applies to models of ink drawings"):
+        hypertransformer.load(model, dtype="fp32").fit(support, labels, frame=True)

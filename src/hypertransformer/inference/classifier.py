@@ -20,6 +20,7 @@ classified (docs/use.md has the measurements behind this choice).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
@@ -69,7 +70,7 @@ class FewShotModel(TrainedModel):
     """A trained HyperTransformer that writes a classifier for a few labelled images."""
 
     def fit(self, images: Images, labels: Labels, *, unlabeled: Images | None = None,
-            ink: str = "auto") -> GeneratedClassifier:
+            ink: str = "auto", frame: bool | None = None) -> GeneratedClassifier:
         """The classifier generated from the support set ``images`` labelled ``labels``.
 
         Any hashable class names, 1 to N = ``num_labels`` classes (in order of first
@@ -80,10 +81,19 @@ class FewShotModel(TrainedModel):
         (``unlabeled_samples_per_class`` > 0, e.g. ``omniglot_1shot_semi``); they enter the
         transformer with the unlabelled token and the support BatchNorm statistics, as in
         training.  ``ink`` is the polarity of the support images and the default for the
-        queries (:mod:`.images`).
+        queries (:mod:`.images`).  ``frame``: scale and centre every drawing (support and
+        queries) on its ink (:mod:`data.framing`), for drawings that sit small or off-centre
+        in their picture; default: as the model was trained (``frame_ink``).  Drawing models
+        only (Omniglot, glyphs).
         """
         cfg = self.config
-        x, y, classes = read_support(self.preprocessing, images, labels, ink, cfg.num_labels)
+        prep = self.preprocessing
+        if frame is not None:
+            if not prep.ink_high:
+                raise ValueError("frame applies to models of ink drawings (Omniglot, glyphs); "
+                                 f"this one was trained on {cfg.train_dataset}")
+            prep = dataclasses.replace(prep, frame_ink=frame)
+        x, y, classes = read_support(prep, images, labels, ink, cfg.num_labels)
         extra = [] if unlabeled is None else as_list(unlabeled)
         if extra:
             if cfg.unlabeled_samples_per_class < 1:
@@ -91,7 +101,7 @@ class FewShotModel(TrainedModel):
                                  "(unlabeled_samples_per_class = 0), so it cannot use "
                                  "unlabeled images; load a semi-supervised model such as "
                                  "omniglot_1shot_semi")
-            u = self.preprocessing(extra, ink)
+            u = prep(extra, ink)
             x = torch.cat([x, u])
             y = torch.cat([y, torch.full((len(u),), cfg.num_labels)])
         with torch.no_grad(), self.precision.autocast(x.device):
@@ -99,8 +109,7 @@ class FewShotModel(TrainedModel):
                                     for i in shot_groups(y, cfg.num_labels, cfg.shots)])
             cnn = GeneratedCNN.from_generated(self.model, weights, len(classes))
             cnn.fit_statistics(x)
-        return GeneratedClassifier(cnn, classes, self.preprocessing, ink,
-                                   self.precision).eval()
+        return GeneratedClassifier(cnn, classes, prep, ink, self.precision).eval()
 
 
 def shot_groups(y: Tensor, num_labels: int, shots: int) -> list[Tensor]:

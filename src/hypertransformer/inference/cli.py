@@ -60,7 +60,7 @@ def _generate(args: argparse.Namespace) -> int:
     files, labels = support_folder(args.support)
     unlabeled = None if args.unlabeled is None else image_files(args.unlabeled)
     clf = load_few_shot(args.model, dtype=args.dtype or "auto").fit(
-        files, labels, unlabeled=unlabeled, ink=args.ink)
+        files, labels, unlabeled=unlabeled, ink=args.ink, frame=args.frame or None)
     out.parent.mkdir(parents=True, exist_ok=True)
     clf.save(out)
     names = ", ".join(map(str, clf.class_names))
@@ -114,6 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True,
                    help="the classifier: .pt (TorchScript, for predict) or .onnx")
     p.add_argument("--ink", choices=INK_MODES, default="auto", help=ink_help)
+    p.add_argument("--frame", action="store_true",
+                   help="scale and centre each drawing on its ink, support and later queries "
+                        "(drawings small or off-centre in their picture; docs/use.md)")
     add_dtype_argument(p)
     p.set_defaults(func=_generate)
 
