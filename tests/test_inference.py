@@ -344,7 +344,8 @@ def test_pretrained_names(trained: Path, tmp_path: Path,
         hypertransformer.load("omniglot_1shot")
     with pytest.raises(ValueError, match="'omniglot_2shot' is neither a pretrained model nor "
                                          "an existing checkpoint .*omniglot_1shot, "
-                                         "omniglot_5shot, omniglot_1shot_semi, glyphs_demo, "
+                                         "omniglot_5shot, omniglot_1shot_semi, "
+                                         "drawings_1shot, glyphs_demo, "
                                          "cht_omniglot_task, "
                                          "cht_omniglot_class, constpn_omniglot .shipped: "
                                          "glyphs_demo"):
@@ -475,7 +476,8 @@ def test_onnx_export(ht: FewShotModel, glyphs: list[np.ndarray], tmp_path: Path)
 
 @pytest.mark.parametrize("name,shots,floor", [("omniglot_1shot", 1, 0.8),  # 86.5 % in full
                                                ("omniglot_5shot", 5, 0.87),  # 91.7 %
-                                               ("omniglot_1shot_semi", 1, 0.8)])  # 85.4 %
+                                               ("omniglot_1shot_semi", 1, 0.8),  # 85.4 %
+                                               ("drawings_1shot", 1, 0.8)])  # 84.8 %
 def test_the_shipped_omniglot_models_classify_omniglot_test_tasks(name: str, shots: int,
                                                                   floor: float) -> None:
     """The package's Omniglot models (docs/results.md) on 32 test tasks of the real data;

@@ -222,10 +222,10 @@ def test_serve_fails_at_start_without_its_model(serve: ModuleType, tmp_path: Pat
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path)  # nothing shipped
-    code, err = run_cli(capsys, "serve")  # the default model, omniglot_1shot
+    code, err = run_cli(capsys, "serve")  # the default model, drawings_1shot
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("hypertransformer serve: error: the pretrained model "
-                          "'omniglot_1shot' is not shipped")
+                          "'drawings_1shot' is not shipped")
     code, err = run_cli(capsys, "serve", "--model", str(tmp_path / "nothing"))
     assert code == 2 and len(err.splitlines()) == 1 and "neither a checkpoint file" in err
     code, err = run_cli(capsys, "serve", "--model", "cht_omniglot_class")

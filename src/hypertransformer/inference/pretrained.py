@@ -24,6 +24,8 @@ PRETRAINED: dict[str, str] = {
     "omniglot_5shot": "20-way 5-shot Omniglot (preset omniglot_5shot_cpu)",
     "omniglot_1shot_semi": "20-way 1-shot Omniglot with unlabelled images beside "
                            "(fit(..., unlabeled=...); preset omniglot_1shot_semi_cpu)",
+    "drawings_1shot": "20-way 1-shot Omniglot with stroke and warp augmentations, for "
+                      "drawings from elsewhere (preset drawings_1shot_cpu)",
     "glyphs_demo": "5-way 1-shot, the built-in glyphs data (`hypertransformer demo`)",
     "cht_omniglot_task": "5-way 1-shot Omniglot, task-incremental CHT (preset cht_omniglot_task)",
     "cht_omniglot_class": "5-way 1-shot Omniglot, class-incremental CHT (preset "

@@ -223,10 +223,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    f"uploaded per class become a CNN classifier, which "
                                    f"classifies a query and can be downloaded. Needs "
                                    f"pip install 'hypertransformer[serve]'.")
-    p.add_argument("--model", default="omniglot_1shot",
+    p.add_argument("--model", default="drawings_1shot",
                    help=f"a pretrained name ({', '.join(FEW_SHOT_PRETRAINED)}; default "
-                        f"omniglot_1shot), a log dir of `hypertransformer train` or a "
-                        f"checkpoint file")
+                        f"drawings_1shot, the one for drawings from outside Omniglot), a log "
+                        f"dir of `hypertransformer train` or a checkpoint file")
     p.add_argument("--port", type=int, default=8000,
                    help="the port on 127.0.0.1 (8000; 0: any free port, printed)")
     add_dtype_argument(p, default="fp32")
