@@ -65,6 +65,9 @@ NATURAL_CHUNK = 16  # images per pass: their intermediates stay in the cache
 # Drawing augmentation: the elastic field is a random ELASTIC_GRID x ELASTIC_GRID grid of
 # displacements interpolated bicubically over the image.
 ELASTIC_GRID = 4
+# The drawing augmentations' fields, the same names in Config and AugmentationConfig.
+DRAWING_FIELDS = ("stroke_probability", "stroke_max_width", "warp_probability", "warp_scale",
+                  "warp_shift", "warp_elastic")
 
 
 @dataclass
@@ -123,12 +126,7 @@ class AugmentationConfig:
                 per_label=cfg.per_label_augmentation,
                 image_augmentations=cfg.apply_image_augmentations,
                 augment_images_individually=cfg.augment_images_individually,
-                stroke_probability=cfg.stroke_probability,
-                stroke_max_width=cfg.stroke_max_width,
-                warp_probability=cfg.warp_probability,
-                warp_scale=cfg.warp_scale,
-                warp_shift=cfg.warp_shift,
-                warp_elastic=cfg.warp_elastic,
+                **{name: getattr(cfg, name) for name in DRAWING_FIELDS},
             )
 
         def pick(name: str) -> float:
