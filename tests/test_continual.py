@@ -413,7 +413,7 @@ def test_training_starts_from_init_checkpoint_only_when_fresh(tmp_path):
     # a resumed run keeps its own parameters, whatever init_checkpoint holds now
     train(cfg.replace(train_steps=2, init_checkpoint=str(tmp_path / "nowhere")),
           tmp_path / "cht", **run_kw)
-    with pytest.raises(ValueError, match="initialises a residual CHT"):
+    with pytest.raises(ValueError, match="initialises an HT"):
         train(small(model_type="protonet", init_checkpoint=str(tmp_path / "pn"), **glyphs),
               tmp_path / "pn2", **run_kw)
 

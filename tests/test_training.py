@@ -206,6 +206,25 @@ def test_incompatible_checkpoint_is_refused(reference: Path, tmp_path: Path) -> 
     assert result.step == 2 and result.finished
 
 
+def test_init_checkpoint_fine_tunes_an_ht(reference: Path, tmp_path: Path) -> None:
+    """A fresh HT run starts from another HT's parameters (here a semi-supervised variant
+    of the reference, same architecture), with a fresh optimiser and step count; a model of
+    another architecture is refused by name before anything trains."""
+    start = reference / "checkpoints" / "ckpt-00000006.pt"
+    cfg = tiny_config(train_steps=1, learning_rate=0.0, init_checkpoint=str(start),
+                      samples_transformer=15, unlabeled_samples_per_class=2,
+                      max_prob_remove_unlabeled=1.0)
+    train(cfg, tmp_path / "semi", **RUN)
+    state = load_checkpoint(tmp_path / "semi" / "checkpoints" / "ckpt-00000001.pt")
+    assert state["step"] == 1 and state["episodes_seen"] == 2
+    # lr 0: the parameters are the reference's (BatchNorm buffers aside, none here)
+    assert_same_params(state["model"], params(reference))
+    with pytest.raises(ValueError, match="do not fit this run's model"):
+        train(tiny_config(embedding_dim=16, init_checkpoint=str(start)), tmp_path / "other",
+              **RUN)
+    assert not (tmp_path / "other" / "checkpoints").exists()
+
+
 def test_optimizer_and_schedule() -> None:
     config = Config(learning_rate=0.02, learning_rate_decay_rate=0.95,
                     learning_rate_decay_steps=100000.0)

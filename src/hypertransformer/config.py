@@ -129,9 +129,10 @@ class Config:
     # (ours) the generated embedding divided by √F (F: the width of its input): the transformer
     # writes unit-scale weights, so that squared distances start at O(D) rather than O(D·F)
     cht_embedding_scale: bool = False
-    # (ours) a fresh training run of a residual CHT starts with θ_{−1} (and the shared
-    # BatchNorm γ, β) copied from this ProtoNet of the same CNN: a checkpoint file, a log dir
-    # or a pretrained name (hypertransformer.load)
+    # (ours) a fresh training run starts from this checkpoint (a file, a log dir or a
+    # pretrained name): an HT takes every parameter of an HT of the same architecture
+    # (fine-tuning, e.g. adding unlabelled samples); a residual CHT takes θ_{−1} (and the
+    # shared BatchNorm γ, β) from a ProtoNet of the same CNN
     init_checkpoint: str = ""
 
     # ---- losses and regularisers (SPEC §3.8) --------------------------------------------

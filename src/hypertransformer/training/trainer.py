@@ -321,15 +321,27 @@ class _Trainer:
         return state
 
     def _start_from(self, path: str) -> None:
-        """A fresh run's model initialised from another run's (``init_checkpoint``)."""
-        if not isinstance(self.model, ContinualHyperTransformer):
-            raise ValueError(f"init_checkpoint initialises a residual CHT (model_type cht); "
-                             f"this run's model_type is {self.config.model_type}")
+        """A fresh run's model initialised from another run's (``init_checkpoint``): a CHT's
+        θ_{−1} from a ProtoNet, or an HT's every parameter from an HT of the same
+        architecture (fine-tuning; the optimiser, schedule and step start afresh)."""
+        if self.config.model_type not in ("ht", "cht"):
+            raise ValueError(f"init_checkpoint initialises an HT (model_type ht) or a residual "
+                             f"CHT (model_type cht); this run's model_type is "
+                             f"{self.config.model_type}")
         from hypertransformer.inference.pretrained import PRETRAINED, pretrained_path
 
         source, _, _ = model_from_checkpoint(
             pretrained_path(path) if path in PRETRAINED else path)
-        self.model.start_from(source)
+        if isinstance(self.model, ContinualHyperTransformer):
+            self.model.start_from(source)
+            return
+        mine, theirs = self.model.state_dict(), source.state_dict()
+        if type(source) is not type(self.model) or mine.keys() != theirs.keys() or any(
+                mine[k].shape != theirs[k].shape for k in mine):
+            raise ValueError(f"init_checkpoint {path} holds a {type(source).__name__} whose "
+                             f"parameters do not fit this run's model (the CNN, transformer "
+                             f"and token sizes must match)")
+        self.model.load_state_dict(theirs)
 
     def _restore(self, path: Path) -> None:
         state = load_checkpoint(path)
