@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # Every HT preset of the CPU recipe (docs/results.md); ProtoNet and the CHT have no logits tokens.
 CPU_HT_PRESETS = ["omniglot_1shot_cpu", "omniglot_5shot_cpu", "omniglot_1shot_16ch_cpu",
                   "omniglot_1shot_logits_cpu", "omniglot_1shot_semi_cpu", "omniglot_lake",
-                  "drawings_1shot_cpu"]
+                  "drawings_1shot_cpu", "drawings_5shot_cpu"]
 
 
 def first_layer_attention(model: HyperTransformer, labels: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ def test_aligned_init_is_refused_where_there_are_no_class_tokens() -> None:
 
 
 # Steps and episodes per step of the test's budget: 4 episodes a step instead of the presets'
-# 16, so that the six presets take a few minutes on one thread.
+# 16, so that the eight presets take a few minutes on one thread.
 STEPS, EPISODES = 200, 4
 
 

@@ -170,9 +170,11 @@ PRESETS["omniglot_1shot_semi_cpu"] = dict(
 # 2 pixels, half a warp (scale within 1/1.3-1.3, shift up to 10 % of the side, elastic up to
 # 1.5 pixels).  The better of plain / augmented / framed (frame_ink) after 3000-step runs on the
 # cross-domain benchmark's validation part (docs/results/drawing_augmentation).
-PRESETS["drawings_1shot_cpu"] = dict(
-    PRESETS["omniglot_1shot_cpu"], stroke_probability=0.5, stroke_max_width=2.0,
-    warp_probability=0.5, warp_scale=0.3, warp_shift=0.1, warp_elastic=1.5)
+_DRAWINGS = dict(stroke_probability=0.5, stroke_max_width=2.0, warp_probability=0.5,
+                 warp_scale=0.3, warp_shift=0.1, warp_elastic=1.5)
+PRESETS["drawings_1shot_cpu"] = dict(PRESETS["omniglot_1shot_cpu"], **_DRAWINGS)
+# The same augmentations on the 5-shot CPU recipe, for users with five or more drawings a class.
+PRESETS["drawings_5shot_cpu"] = dict(PRESETS["omniglot_5shot_cpu"], **_DRAWINGS)
 # ProtoNet with the same 8-channel CNN as a trained embedding (a linear map to 32 dimensions
 # after it), prototypes from the support set, trained episodically on the same 20-way 1-shot
 # episodes; one-task sequences, so `evaluate` runs the HT's protocol on it (SPEC §5).  lr 4e-3:
