@@ -335,13 +335,12 @@ class _Trainer:
         if isinstance(self.model, ContinualHyperTransformer):
             self.model.start_from(source)
             return
-        mine, theirs = self.model.state_dict(), source.state_dict()
-        if type(source) is not type(self.model) or mine.keys() != theirs.keys() or any(
-                mine[k].shape != theirs[k].shape for k in mine):
+        try:  # strict: every name and shape must match (the run stops before any step)
+            self.model.load_state_dict(source.state_dict())
+        except RuntimeError as e:
             raise ValueError(f"init_checkpoint {path} holds a {type(source).__name__} whose "
                              f"parameters do not fit this run's model (the CNN, transformer "
-                             f"and token sizes must match)")
-        self.model.load_state_dict(theirs)
+                             f"and token sizes must match): {e}") from e
 
     def _restore(self, path: Path) -> None:
         state = load_checkpoint(path)
