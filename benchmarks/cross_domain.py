@@ -16,8 +16,8 @@ reference the others are read against; not among the defaults).
 
 Every task: ``--ways`` classes, ``shots`` labelled images and ``--queries`` queries per class,
 the same tasks for every method.  Methods: each ``--models`` HT through the public API
-(``hypertransformer.load(name).fit(images, labels).predict(queries)``; with ``--framed`` also
-``fit(..., frame=True)``); raw-pixel 1-NN and
+(``hypertransformer.load(name).fit(images, labels).predict(queries)``; with ``--untuned`` also
+``fit(..., tune_steps=0)``, with ``--framed`` also ``fit(..., frame=True)``); raw-pixel 1-NN and
 nearest centroid on the same preprocessed pixels, and nearest centroid on pixels framed on their
 ink (``data.framing``, what a ``frame_ink`` model sees); the ProtoNet of the same 8-channel CNN
 (``constpn_omniglot``'s embedding, nearest centroid).  Accuracy ± 95 % interval over tasks.
@@ -171,21 +171,26 @@ def protonet(name: str = "constpn_omniglot") -> Method:
     return method
 
 
-def hypertransformer_fit(name: str, frame: bool | None = None) -> Method:
+def hypertransformer_fit(name: str, frame: bool | None = None,
+                         tune_steps: int | None = None) -> Method:
     ht = hypertransformer.load(name, dtype="fp32")
 
     def method(s: Images, y: list[int], q: Images) -> np.ndarray:
-        return np.asarray(ht.fit(s, y, ink="light", frame=frame).predict(q, "light"))
+        clf = ht.fit(s, y, ink="light", frame=frame, tune_steps=tune_steps)
+        return np.asarray(clf.predict(q, "light"))
     return method
 
 
-def methods(models: list[str], baselines: bool = True,
-            framed: bool = False) -> dict[str, Method]:
-    """The HTs ``models`` (names or checkpoints), with ``framed`` each also through
-    ``fit(..., frame=True)``, and with ``baselines`` the ProtoNet and the pixel classifiers."""
+def methods(models: list[str], baselines: bool = True, framed: bool = False,
+            untuned: bool = False) -> dict[str, Method]:
+    """The HTs ``models`` (names or checkpoints), with ``untuned`` each also through
+    ``fit(..., tune_steps=0)``, with ``framed`` through ``fit(..., frame=True)``, and with
+    ``baselines`` the ProtoNet and the pixel classifiers."""
     ms = {}
     for m in models:
         ms[f"HT `{m}`"] = hypertransformer_fit(m)
+        if untuned:
+            ms[f"HT `{m}`, `fit(tune_steps=0)`"] = hypertransformer_fit(m, tune_steps=0)
         if framed:
             ms[f"HT `{m}`, `fit(frame=True)`"] = hypertransformer_fit(m, frame=True)
     if baselines:
@@ -197,9 +202,9 @@ def methods(models: list[str], baselines: bool = True,
 
 def run(part: str, data_dir: str, count: int, ways: int, queries: int, shots: list[int],
         models: list[str], domains: list[str], baselines: bool = True,
-        framed: bool = False) -> str:
+        framed: bool = False, untuned: bool = False) -> str:
     """The markdown table: a row per domain and method, a column per shot count."""
-    ms = methods(models, baselines, framed)
+    ms = methods(models, baselines, framed, untuned)
     head = "| domain | method | " + " | ".join(f"{k} shot{'s' * (k > 1)}" for k in shots) + " |"
     lines = [head, "|" + "---|" * (len(shots) + 2)]
     for name in domains:
@@ -228,17 +233,21 @@ def main() -> None:
     p.add_argument("--domains", nargs="+", choices=CHOICES, default=DOMAINS)
     p.add_argument("--framed", action="store_true",
                    help="each model also through fit(..., frame=True)")
+    p.add_argument("--untuned", action="store_true",
+                   help="each model also through fit(..., tune_steps=0): the generated CNN "
+                        "without fine-tuning on the support set")
     p.add_argument("--out", default=None, help="also write the table to this file")
     a = p.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
     table = run(a.part, a.data_dir, a.tasks, a.ways, a.queries, a.shots, a.models, a.domains,
-                framed=a.framed)
+                framed=a.framed, untuned=a.untuned)
     text = (f"Cross-domain benchmark, {a.part} part: {a.tasks} tasks of {a.ways}-way, "
             f"{a.queries} queries per class, accuracy % ± 95 % CI over tasks "
             f"(`python benchmarks/cross_domain.py --part {a.part} --tasks {a.tasks} --ways "
             f"{a.ways} --queries {a.queries} --models {' '.join(a.models)}"
-            f"{' --framed' if a.framed else ''}`; {time.perf_counter() - start:.0f} s)"
+            f"{' --framed' if a.framed else ''}{' --untuned' if a.untuned else ''}`; "
+            f"{time.perf_counter() - start:.0f} s)"
             f"\n\n{table}")
     print(text)
     if a.out:

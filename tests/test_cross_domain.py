@@ -80,10 +80,11 @@ def test_tasks_and_nearest(cd) -> None:  # noqa: ANN001
 def test_a_tiny_table(cd) -> None:  # noqa: ANN001
     table = cd.run("val", str(omniglot_dir()), count=2, ways=5, queries=2, shots=[1, 5],
                    models=["omniglot_1shot"], domains=["glyphs", "omniglot-shifted"],
-                   framed=True)
+                   framed=True, untuned=True)
     lines = table.strip().splitlines()
     assert lines[0] == "| domain | method | 1 shot | 5 shots |"
-    assert len(lines) == 2 + 2 * 6  # header, rule, 2 domains × 6 methods
+    assert len(lines) == 2 + 2 * 7  # header, rule, 2 domains × 7 methods
     assert lines[2].startswith("| glyphs | HT `omniglot_1shot` | ")
-    assert lines[3].startswith("| glyphs | HT `omniglot_1shot`, `fit(frame=True)` | ")
-    assert lines[7].startswith("| glyphs | framed pixels, nearest centroid | ")
+    assert lines[3].startswith("| glyphs | HT `omniglot_1shot`, `fit(tune_steps=0)` | ")
+    assert lines[4].startswith("| glyphs | HT `omniglot_1shot`, `fit(frame=True)` | ")
+    assert lines[8].startswith("| glyphs | framed pixels, nearest centroid | ")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from realdata import omniglot_dir
 
@@ -32,7 +33,7 @@ from hypertransformer.inference import (
     load_few_shot,
     pretrained,
 )
-from hypertransformer.inference.classifier import mean_weights, shot_groups
+from hypertransformer.inference.classifier import TUNE_STEPS, mean_weights, shot_groups
 from hypertransformer.model import ContinualHyperTransformer, HyperTransformer, ProtoNet
 from hypertransformer.training import save_checkpoint, train
 from hypertransformer.training.checkpoint import FORMAT_VERSION, CheckpointError
@@ -118,7 +119,7 @@ def test_fewer_classes_drop_the_unused_logits(ht: FewShotModel,
     classifier keeps the logits of the 3 used labels, unchanged."""
     images, _ = support(glyphs, 3, 1)
     names = [7, ("a", 1), "z"]  # any hashable class names, in order of first appearance
-    clf = ht.fit(images, names)
+    clf = ht.fit(images, names, tune_steps=0)
     assert clf.class_names == names
     x = ht.preprocessing(images)
     with torch.no_grad():
@@ -148,10 +149,13 @@ def test_unlabeled_images_enter_as_the_unlabelled_token(glyphs: list[np.ndarray]
         cnn = GeneratedCNN.from_generated(semi.model, weights, 5)
         cnn.fit_statistics(x)
     q = queries(glyphs, 5)
-    clf = semi.fit(images, labels, unlabeled=extra)
+    clf = semi.fit(images, labels, unlabeled=extra, tune_steps=0)
     assert torch.allclose(clf(q), cnn(semi.preprocessing(q)), atol=1e-6, rtol=0)
-    assert not torch.allclose(clf(q), semi.fit(images, labels)(q), atol=1e-3)
+    assert not torch.allclose(clf(q), semi.fit(images, labels, tune_steps=0)(q), atol=1e-3)
     assert torch.equal(semi.fit(images, labels, unlabeled=[])(q), semi.fit(images, labels)(q))
+    # unlabelled images: in the statistics only
+    tuned = semi.fit(images, labels, unlabeled=extra, tune_steps=TUNE_STEPS)
+    assert tuned(q).isfinite().all() and not torch.allclose(tuned(q), clf(q), atol=1e-3)
     supervised = FewShotModel(HyperTransformer(tiny_config()), dtype="fp32")
     with pytest.raises(ValueError, match="trained without unlabelled support samples"):
         supervised.fit(images, labels, unlabeled=extra)
@@ -183,8 +187,40 @@ def test_fit_averages_the_weights_of_the_groups(ht: FewShotModel,
         GeneratedCNN.from_generated(ht.model, w, 5).logits_weight for w in each]).mean(0))
     assert not torch.allclose(cnn.logits_weight, single.logits_weight)
     q = queries(glyphs, 5)
-    assert torch.allclose(ht.fit(images, labels)(q), cnn(ht.preprocessing(q)), atol=1e-3,
-                          rtol=0)
+    assert torch.allclose(ht.fit(images, labels, tune_steps=0)(q), cnn(ht.preprocessing(q)),
+                          atol=1e-3, rtol=0)
+
+
+def test_tuning_fits_the_support_set(ht: FewShotModel, glyphs: list[np.ndarray]) -> None:
+    """fit's fine-tuning (tune_steps) lowers the support set's loss from where the generated
+    weights leave it, with the support statistics stored after it; 0 steps keep the generated
+    CNN; by default TUNE_STEPS when a class has two or more images, 0 with one image a class;
+    a negative count is refused."""
+    images, labels = support(glyphs, 5, 1)
+    y = torch.arange(5)
+    x = ht.preprocessing(images)
+    with torch.no_grad():
+        cnn = GeneratedCNN.from_generated(ht.model, ht.model.generate(x[None], y[None]), 5)
+        cnn.fit_statistics(x)
+    generated = ht.fit(images, labels, tune_steps=0)
+    assert torch.equal(generated.cnn.logits_weight, cnn.logits_weight)
+    assert torch.equal(ht.fit(images, labels).cnn.logits_weight, cnn.logits_weight)
+    tuned = ht.fit(images, labels, tune_steps=TUNE_STEPS)
+    assert TUNE_STEPS > 0 and tuned.cnn.logits_weight.requires_grad is False
+    loss = {name: F.cross_entropy(clf(images), y).item()
+            for name, clf in (("generated", generated), ("tuned", tuned))}
+    assert loss["tuned"] < 0.5 * loss["generated"], loss
+    statistics = [(m.clone(), v.clone()) for m, v in tuned.cnn.statistics()]
+    tuned.cnn.fit_statistics(x)  # already the support set's
+    for (m, v), (m2, v2) in zip(statistics, tuned.cnn.statistics(), strict=True):
+        assert torch.allclose(m, m2, atol=1e-6) and torch.allclose(v, v2, atol=1e-6)
+    assert not list(tuned.parameters())
+    two, names = support(glyphs, 5, 2)
+    two[-1], names[-1] = two[0], names[0]  # class 4: one image; class 0: three
+    q = queries(glyphs, 5)
+    assert torch.equal(ht.fit(two, names)(q), ht.fit(two, names, tune_steps=TUNE_STEPS)(q))
+    with pytest.raises(ValueError, match="tune_steps must be 0 or more"):
+        ht.fit(images, labels, tune_steps=-1)
 
 
 def test_shots_may_differ_per_class(ht: FewShotModel, glyphs: list[np.ndarray]) -> None:
@@ -433,6 +469,7 @@ import importlib.util, json, sys
 sys.path.append(sys.argv[1])  # torch's site-packages, without its .pth files
 assert importlib.util.find_spec("hypertransformer") is None, "hypertransformer importable"
 import torch
+import torch.nn.functional as F
 extra = {"hypertransformer.json": ""}
 cnn = torch.jit.load(sys.argv[2], _extra_files=extra)
 x = torch.load(sys.argv[3])

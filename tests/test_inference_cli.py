@@ -99,6 +99,29 @@ def test_generate_then_predict_json(files: dict[str, Path], tmp_path: Path,
     assert line.startswith(f"{queries[0]}: {results[0]['label']} (") and "top 3:" in line
 
 
+def test_generate_tune_steps(files: dict[str, Path], tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    """--tune-steps K gives fit(..., tune_steps=K); 0 keeps the generated weights, a negative
+    count is refused with one error line."""
+    support = sorted(files["support"].glob("*/*.png"))
+    labels = [p.parent.name for p in support]
+    queries = sorted(files["queries"].iterdir())
+    ht = hypertransformer.load(files["run"], dtype="fp32")
+    for steps in (0, 3):
+        out = tmp_path / f"cnn{steps}.pt"
+        code, _, _ = run(capsys, "generate", "--model", files["run"], "--support",
+                         files["support"], "--out", out, "--dtype", "fp32", "--tune-steps",
+                         str(steps))
+        assert code == 0
+        expected = ht.fit(support, labels, tune_steps=steps)(queries)
+        assert torch.allclose(load_classifier(out)(queries), expected, atol=1e-5)
+    assert not torch.allclose(load_classifier(tmp_path / "cnn0.pt")(queries),
+                              load_classifier(tmp_path / "cnn3.pt")(queries), atol=1e-4)
+    code, _, err = run(capsys, "generate", "--model", files["run"], "--support",
+                       files["support"], "--out", tmp_path / "x.pt", "--tune-steps", "-1")
+    assert code == 2 and "tune_steps must be 0 or more" in err
+
+
 def test_generate_with_unlabeled_images(files: dict[str, Path], tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     """--unlabeled DIR2 gives fit(..., unlabeled=DIR2's images) of a semi-supervised model;

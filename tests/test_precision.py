@@ -218,6 +218,14 @@ def test_fit_and_stream_in_bf16_agree_with_fp32() -> None:
     assert p16.dtype == torch.float32
     assert (p16 - p32).abs().max() < 0.1  # probabilities through bf16 convolutions
     assert (p16.argmax(1) == p32.argmax(1)).float().mean() >= 0.9
+    # fine-tuning (10-way 5-shot) runs in float32 whatever the precision: in bf16 it lost
+    # the task
+    many = load_split(presets.load("glyphs_demo"), "test").classes[:10]
+    support = [c[i, ..., 0] for c in many for i in range(5)]
+    labels = [k for k in range(10) for _ in range(5)]
+    q = [c[i, ..., 0] for c in many for i in (6, 7, 8)]
+    t32, t16 = (m.fit(support, labels).predict_proba(q) for m in (fp, bf))
+    assert (t16.argmax(1) == t32.argmax(1)).float().mean() >= 0.9
     logits = {}
     for name in ("fp32", "bf16"):
         stream = load("cht_omniglot_task", dtype=name).stream()

@@ -46,6 +46,10 @@ METADATA_FORMAT = "hypertransformer-classifier/1"
 Labels = Sequence[Hashable] | Tensor | np.ndarray  # one class name per image
 Statistics = list[tuple[Tensor, Tensor]]  # BatchNorm (mean, var) of each layer
 _addmm_fp32 = fp32(torch.addmm)  # the generated CNN's logits, in float32 under autocast
+# Fine-tuning of a generated CNN on its support set (GeneratedCNN.tune) when a class has
+# two or more images, chosen on the validation part of benchmarks/cross_domain.py (docs/use.md).
+TUNE_STEPS = 50
+TUNE_LR = 1e-2
 
 
 class TrainedModel:
@@ -70,7 +74,8 @@ class FewShotModel(TrainedModel):
     """A trained HyperTransformer that writes a classifier for a few labelled images."""
 
     def fit(self, images: Images, labels: Labels, *, unlabeled: Images | None = None,
-            ink: str = "auto", frame: bool | None = None) -> GeneratedClassifier:
+            ink: str = "auto", frame: bool | None = None,
+            tune_steps: int | None = None) -> GeneratedClassifier:
         """The classifier generated from the support set ``images`` labelled ``labels``.
 
         Any hashable class names, 1 to N = ``num_labels`` classes (in order of first
@@ -84,8 +89,13 @@ class FewShotModel(TrainedModel):
         queries (:mod:`.images`).  ``frame``: scale and centre every drawing (support and
         queries) on its ink (:mod:`data.framing`), for drawings that sit small or off-centre
         in their picture; default: as the model was trained (``frame_ink``).  Drawing models
-        only (Omniglot, glyphs).
+        only (Omniglot, glyphs).  ``tune_steps``: steps of fine-tuning the generated CNN on
+        the support set (:meth:`GeneratedCNN.tune`); 0 keeps the generated weights as they
+        are; default: :data:`TUNE_STEPS` when some class has two or more labelled images, 0
+        with one image a class (where tuning did not help: docs/use.md).
         """
+        if tune_steps is not None and tune_steps < 0:
+            raise ValueError(f"tune_steps must be 0 or more; got {tune_steps}")
         cfg = self.config
         prep = self.preprocessing
         if frame is not None:
@@ -108,6 +118,13 @@ class FewShotModel(TrainedModel):
             weights = mean_weights([self.model.generate(x[i][None], y[i][None])
                                     for i in shot_groups(y, cfg.num_labels, cfg.shots)])
             cnn = GeneratedCNN.from_generated(self.model, weights, len(classes))
+        if tune_steps is None:
+            several = bool(torch.bincount(y)[:len(classes)].max() > 1)
+            tune_steps = TUNE_STEPS if several else 0
+        # in float32 whatever the precision: tuned in bf16, a 10-way 5-shot glyphs
+        # classifier fell from 87 to 40 % on its queries
+        cnn.tune(x, y, tune_steps)
+        with torch.no_grad(), self.precision.autocast(x.device):
             cnn.fit_statistics(x)
         return GeneratedClassifier(cnn, classes, prep, ink, self.precision).eval()
 
@@ -247,6 +264,43 @@ class GeneratedCNN(nn.Module):
             layer.var.copy_(var)
             x = layer.normalize(x)
 
+    def tune(self, x: Tensor, y: Tensor, steps: int, lr: float = TUNE_LR) -> None:
+        """Fine-tunes every generated weight (convolutions, BatchNorm scales and shifts,
+        logits) on the support set: ``steps`` full-batch Adam steps at learning rate ``lr``
+        on the cross-entropy of the labelled images of ``x`` (labels ``y``; a label past this
+        CNN's classes marks an unlabelled image, which counts in the BatchNorm statistics
+        only), each BatchNorm normalising with the statistics of ``x`` as in training.  The
+        stored statistics are not updated: call :meth:`fit_statistics` after."""
+        if steps == 0:
+            return
+        weights = [b for name, b in self.named_buffers() if not name.endswith(("mean", "var"))]
+        labelled = y < self.logits_bias.numel()
+        with torch.enable_grad():
+            for w in weights:
+                w.requires_grad_(True)
+            optimizer = torch.optim.Adam(weights, lr=lr)
+            for _ in range(steps):
+                loss = F.cross_entropy(self.batch_forward(x)[labelled], y[labelled])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            for w in weights:
+                w.requires_grad_(False)
+                w.grad = None
+
+    def batch_forward(self, x: Tensor) -> Tensor:
+        """Logits of ``x`` with every BatchNorm normalising with the statistics of ``x``
+        (as in training; differentiable)."""
+        for layer in self.layers:
+            x = F.batch_norm(layer.conv(x), None, None, layer.gamma, layer.beta, True, 0.0,
+                             BN_EPS)
+        return self.logits(x)
+
+    def logits(self, features: Tensor) -> Tensor:
+        """The logits layer on the last conv layer's output."""
+        return _addmm_fp32(self.logits_bias, last_features(features, 1, self.flatten)[0],
+                           self.logits_weight)
+
     def statistics(self) -> Statistics:
         """The stored BatchNorm statistics (mean, var) of each layer."""
         return [(layer.mean, layer.var) for layer in self.layers]
@@ -256,8 +310,7 @@ class GeneratedCNN(nn.Module):
         (those of another support pass, as :meth:`statistics` gives them)."""
         for i, layer in enumerate(self.layers):
             x = layer.normalize(layer.conv(x), None if statistics is None else statistics[i])
-        return _addmm_fp32(self.logits_bias, last_features(x, 1, self.flatten)[0],
-                           self.logits_weight)
+        return self.logits(x)
 
 
 class GeneratedClassifier(nn.Module):

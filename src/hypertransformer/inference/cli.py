@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hypertransformer.inference.classifier import load_classifier
+from hypertransformer.inference.classifier import TUNE_STEPS, load_classifier
 from hypertransformer.inference.images import INK_MODES
 from hypertransformer.inference.pretrained import FEW_SHOT_PRETRAINED, load_few_shot
 from hypertransformer.precision import add_dtype_argument
@@ -60,7 +60,8 @@ def _generate(args: argparse.Namespace) -> int:
     files, labels = support_folder(args.support)
     unlabeled = None if args.unlabeled is None else image_files(args.unlabeled)
     clf = load_few_shot(args.model, dtype=args.dtype or "auto").fit(
-        files, labels, unlabeled=unlabeled, ink=args.ink, frame=args.frame or None)
+        files, labels, unlabeled=unlabeled, ink=args.ink, frame=args.frame or None,
+        tune_steps=args.tune_steps)
     out.parent.mkdir(parents=True, exist_ok=True)
     clf.save(out)
     names = ", ".join(map(str, clf.class_names))
@@ -117,6 +118,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frame", action="store_true",
                    help="scale and centre each drawing on its ink, support and later queries "
                         "(drawings small or off-centre in their picture; docs/use.md)")
+    p.add_argument("--tune-steps", type=int, default=None,
+                   help=f"steps of fine-tuning the generated CNN on the support images "
+                        f"(default: {TUNE_STEPS} when a class has two or more images, else 0; "
+                        f"0: the generated weights as they are)")
     add_dtype_argument(p)
     p.set_defaults(func=_generate)
 
