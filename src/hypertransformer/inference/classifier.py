@@ -9,7 +9,8 @@
 
 :func:`load` reads a training checkpoint with ``torch.load(weights_only=True)`` (no arbitrary
 objects are unpickled).  :meth:`FewShotModel.fit` runs :meth:`HyperTransformer.generate` on
-one task and keeps the generated CNN as a :class:`GeneratedCNN` whose weights are buffers.
+one task and keeps the generated CNN as a :class:`GeneratedCNN` whose weights are buffers,
+fine-tuned on the support set when a class has two or more images (:meth:`GeneratedCNN.tune`).
 
 BatchNorm: the generated CNN normalises with batch statistics, in training with those of the
 query batch.  A :class:`GeneratedCNN` instead stores the statistics of the support pass (the
